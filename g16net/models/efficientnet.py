@@ -1,0 +1,227 @@
+"""G16-EfficientNet (Masters et al., "Making EfficientNet More Efficient", arXiv 2106.03640).
+
+EfficientNet-B0..B7 with the paper's two changes, following the authors' `efficientnet.py`:
+  * every spatial k x k conv (stage 1 included) is a group conv with `groups = max(C // group_size, 1)`, so
+    16 channels per group when C % 16 == 0, one dense group for 16/24-channel stage-1 blocks, and 2 groups of 20
+    for B3's 40-channel first block. timm's `num_groups` asserts C % group_size == 0 and cannot say this, so the
+    rule lives here and timm's blocks receive the resulting per-block group size;
+  * MBConv expansion 4 instead of 6 in stages 2-7 (stage 1 keeps 1).
+`group_size=1, expand_ratio=6` is the original depthwise EfficientNet (G1). Everything else is EfficientNet's:
+divisor-8 channel rounding, ceil depth scaling, SE at 0.25 of the block *input* width, SiLU, stochastic depth
+rising linearly to `drop_path_rate` at the last block, per-size dropout before the classifier.
+
+  size  width depth dropout native half     size  width depth dropout native half
+  b0    1.0   1.0   0.2     224    160      b4    1.4   1.8   0.4     380    252
+  b1    1.0   1.1   0.2     240    176      b5    1.6   2.2   0.4     456    328
+  b2    1.1   1.2   0.3     260    196      b6    1.8   2.6   0.5     528    -
+  b3    1.2   1.4   0.3     300    204      b7    2.0   3.1   0.5     600    -
+"""
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import make_divisible
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
+from torch import nn
+
+from .norms import check_norm, norm_act_factory
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    width: float
+    depth: float
+    dropout: float
+    native_res: int
+    half_res: int | None  # about half the pixels with half % 32 == native % 32; None: the authors ran none
+
+
+SIZES = {
+    "b0": SizeSpec(1.0, 1.0, 0.2, 224, 160),
+    "b1": SizeSpec(1.0, 1.1, 0.2, 240, 176),
+    "b2": SizeSpec(1.1, 1.2, 0.3, 260, 196),
+    "b3": SizeSpec(1.2, 1.4, 0.3, 300, 204),
+    "b4": SizeSpec(1.4, 1.8, 0.4, 380, 252),
+    "b5": SizeSpec(1.6, 2.2, 0.4, 456, 328),
+    "b6": SizeSpec(1.8, 2.6, 0.5, 528, None),
+    "b7": SizeSpec(2.0, 3.1, 0.5, 600, None),
+}
+
+# EfficientNet-B0 stages: (block, repeats, kernel, stride of first block, expansion, out channels).
+# Expansion None = the model's expand_ratio (6 in EfficientNet, 4 in G16).
+STAGES = (
+    ("ds", 1, 3, 1, 1, 16),
+    ("ir", 2, 3, 2, None, 24),
+    ("ir", 2, 5, 2, None, 40),
+    ("ir", 3, 3, 2, None, 80),
+    ("ir", 3, 5, 1, None, 112),
+    ("ir", 4, 5, 2, None, 192),
+    ("ir", 1, 3, 1, None, 320),
+)
+STEM_CHS, HEAD_CHS, SE_RATIO = 32, 1280, 0.25
+
+
+def check_size(size: str) -> SizeSpec:
+    if size not in SIZES:
+        raise ValueError(f"unknown size={size!r}; allowed: {', '.join(SIZES)}")
+    return SIZES[size]
+
+
+GROUP_RULES = ("authors", "divisor")
+
+
+def spatial_groups(channels: int, group_size: int, rule: str = "authors") -> int:
+    """Group count of a spatial conv with `channels` channels.
+
+    "authors": max(C // group_size, 1), exactly the authors' code; it may not divide C (then the model is invalid).
+    "divisor": the largest divisor of C not above that, i.e. as many groups as possible with at least
+    `group_size` channels each. Identical to "authors" wherever that divides, and it always divides. Needed for
+    G16-B6, whose 56-channel first block gets 56 // 16 = 3 groups under the authors' rule.
+    """
+    groups = max(channels // group_size, 1)
+    if rule == "divisor":
+        while channels % groups:
+            groups -= 1
+    return groups
+
+
+def block_plan(size: str, expand_ratio: float) -> list[dict]:
+    """One dict per block: stage, type, in/out/mid channels, kernel, stride, expansion. Group-size free."""
+    spec = check_size(size)
+    chs = lambda c: make_divisible(c * spec.width, 8)  # TF round_filters: divisor 8, never below 90%
+    plan, in_chs = [], chs(STEM_CHS)
+    for stage, (kind, repeats, kernel, stride, exp, out) in enumerate(STAGES):
+        exp = 1 if exp == 1 else expand_ratio
+        for i in range(math.ceil(spec.depth * repeats)):
+            mid = in_chs if kind == "ds" else make_divisible(in_chs * exp, 8)
+            plan.append(dict(stage=stage, kind=kind, in_chs=in_chs, out_chs=chs(out), mid_chs=mid, kernel=kernel,
+                             stride=stride if i == 0 else 1, exp=exp))
+            in_chs = chs(out)
+    return plan
+
+
+def _check_args(size: str, group_size: int, expand_ratio: float, group_rule: str) -> list[dict]:
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size={group_size!r} must be an integer >= 1 (1 = depthwise, 16 = G16)")
+    if expand_ratio < 1:
+        raise ValueError(f"expand_ratio={expand_ratio!r} must be >= 1 (EfficientNet uses 6, G16 uses 4)")
+    if group_rule not in GROUP_RULES:
+        raise ValueError(f"unknown group_rule={group_rule!r}; allowed: {', '.join(GROUP_RULES)}")
+    plan = block_plan(size, expand_ratio)
+    mids = [b["mid_chs"] for b in plan]
+    for i, c in enumerate(mids):
+        if c % spatial_groups(c, group_size, group_rule):
+            ok = [g for g in range(1, 129) if all(m % spatial_groups(m, g) == 0 for m in mids)]
+            raise ValueError(
+                f"group_size={group_size} cannot divide block {i}'s {c}-channel spatial conv into equal groups "
+                f"(groups = max({c} // {group_size}, 1) = {spatial_groups(c, group_size)}). Allowed group sizes "
+                f"for size={size!r}, expand_ratio={expand_ratio} (up to 128): {ok}; or pass group_rule='divisor' "
+                f"to use the largest group count that divides (the authors' code cannot build this model either)"
+            )
+    return plan
+
+
+class G16EfficientNet(nn.Module):
+    """EfficientNet with grouped spatial convs and an injectable norm; see the module docstring for the rule.
+
+    Submodules are named so the finetuning phase can pick the head: `conv_head`, `norm_head`, `classifier`.
+    """
+
+    def __init__(
+        self, size: str = "b0", group_size: int = 16, expand_ratio: float = 4, norm: str = "ln_pn",
+        num_classes: int = 1000, drop_rate: float | None = None, drop_path_rate: float | None = None,
+        in_chans: int = 3, group_rule: str = "authors",
+    ):
+        super().__init__()
+        spec, norm_spec = check_size(size), check_norm(norm)
+        plan = _check_args(size, group_size, expand_ratio, group_rule)
+        if num_classes < 1:
+            raise ValueError(f"num_classes={num_classes} must be >= 1")
+        self.size, self.group_size, self.expand_ratio, self.norm = size, group_size, expand_ratio, norm
+        self.group_rule = group_rule
+        self.batch_independent = norm_spec.batch_independent
+        drop_rate = spec.dropout if drop_rate is None else drop_rate
+        drop_path_rate = 0.2 if drop_path_rate is None else drop_path_rate
+        norm_act = norm_act_factory(norm, nn.SiLU)
+
+        stem_chs = plan[0]["in_chs"]
+        self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, stride=2, padding=1, bias=False)
+        self.norm_stem = norm_act(stem_chs)
+        groups = [spatial_groups(b["mid_chs"], group_size, group_rule) for b in plan]
+        blocks = [self._block(b, groups[i], norm_act, drop_path_rate * i / max(len(plan) - 1, 1))
+                  for i, b in enumerate(plan)]
+        self.blocks = nn.Sequential(*(
+            nn.Sequential(*(blk for blk, b in zip(blocks, plan) if b["stage"] == s)) for s in range(len(STAGES))
+        ))
+
+        self.num_features = make_divisible(HEAD_CHS * spec.width, 8)
+        self.conv_head = nn.Conv2d(plan[-1]["out_chs"], self.num_features, 1, bias=False)
+        self.norm_head = norm_act(self.num_features)
+        self.drop_rate = drop_rate
+        self.classifier = nn.Linear(self.num_features, num_classes)
+        self.pretrained_cfg = self.default_cfg = dict(
+            input_size=(in_chans, spec.native_res, spec.native_res), num_classes=num_classes, crop_pct=224 / 256,
+            interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+            first_conv="conv_stem", classifier="classifier",
+        )
+        self.apply(_init_weights)
+
+    @staticmethod
+    def _block(b: dict, groups: int, norm_act, drop_path: float) -> nn.Module:
+        se = partial(SqueezeExcite, rd_channels=max(1, int(b["in_chs"] * SE_RATIO)))
+        common = dict(dw_kernel_size=b["kernel"], stride=b["stride"], group_size=b["mid_chs"] // groups,
+                      act_layer=nn.SiLU, norm_layer=norm_act, se_layer=se, drop_path_rate=drop_path)
+        if b["kind"] == "ds":
+            return DepthwiseSeparableConv(b["in_chs"], b["out_chs"], **common)
+        return InvertedResidual(b["in_chs"], b["out_chs"], exp_ratio=b["exp"], **common)
+
+    def head_modules(self) -> list[nn.Module]:
+        """What native-resolution finetuning trains: head 1x1 conv, its norm (and PN params), classifier."""
+        return [self.conv_head, self.norm_head, self.classifier]
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int):
+        self.classifier = nn.Linear(self.num_features, num_classes)
+        _init_weights(self.classifier)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm_stem(self.conv_stem(x))
+        return self.norm_head(self.conv_head(self.blocks(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((2, 3))
+        if self.drop_rate > 0:
+            x = nn.functional.dropout(x, self.drop_rate, self.training)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module):
+    if isinstance(m, nn.Conv2d):
+        # He normal over fan_out / groups; for the square group conv this is the authors' fan_in init.
+        fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan))
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def create_model(
+    size: str = "b0", group_size: int = 16, expand_ratio: float = 4, norm: str = "ln_pn", num_classes: int = 1000,
+    drop_rate: float | None = None, drop_path_rate: float | None = None, **kw,
+) -> G16EfficientNet:
+    """Build G16-EfficientNet (defaults) or the G1 baseline (`group_size=1, expand_ratio=6`).
+
+    drop_rate / drop_path_rate: None = the size's dropout and 0.2. group_rule: "authors" (exact, default) or
+    "divisor" (see `spatial_groups`; G16-B6 needs it). Raises ValueError naming a bad argument.
+    """
+    return G16EfficientNet(size, group_size, expand_ratio, norm, num_classes, drop_rate, drop_path_rate, **kw)

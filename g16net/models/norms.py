@@ -1,0 +1,82 @@
+"""Normalization choices (the paper's ablation axis), one registry entry each.
+
+An entry builds a timm-style norm+act layer: `build(num_features, apply_act, act_layer) -> nn.Module`.
+`apply_act=False` is the norm after the project 1x1 conv, where no activation follows. Adding a norm is one
+`register_norm(...)` call; `create_model(norm=...)`, the timm entry points and the Hydra `norm=` group all read
+this registry.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from timm.layers import BatchNormAct2d, EvoNorm2dS0, GroupNorm1Act, GroupNormAct
+from torch import nn
+
+from .proxy_norm import GroupNormProxyAct2d
+
+EPS = 1e-3  # the authors' (and TF EfficientNet's) norm epsilon
+GN_GROUPS = 4  # the paper's GN baseline: 4 groups (a group count, not a group size)
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    label: str  # as written in the paper's legends
+    build: Callable[..., nn.Module]
+    batch_independent: bool
+    doc: str
+
+
+NORMS: dict[str, NormSpec] = {}
+
+
+def register_norm(name: str, label: str, build: Callable[..., nn.Module], batch_independent: bool, doc: str):
+    NORMS[name] = NormSpec(label, build, batch_independent, doc)
+
+
+def check_norm(norm: str) -> NormSpec:
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm={norm!r}; allowed: {', '.join(NORMS)}")
+    return NORMS[norm]
+
+
+def norm_act_factory(norm: str, act_layer=nn.SiLU) -> Callable[..., nn.Module]:
+    """The `norm_layer` callable timm's blocks expect: (num_features, apply_act=True, **ignored) -> module."""
+    spec = check_norm(norm)
+
+    def make(num_features: int, apply_act: bool = True, **_ignored) -> nn.Module:
+        # _ignored: timm passes inplace/device/dtype; every layer here is created on CPU in fp32.
+        return spec.build(num_features, apply_act=apply_act, act_layer=act_layer)
+
+    return make
+
+
+def _bn(c, apply_act, act_layer):
+    return BatchNormAct2d(c, eps=EPS, apply_act=apply_act, act_layer=act_layer)
+
+
+def _gn(c, apply_act, act_layer):
+    return GroupNormAct(c, num_groups=GN_GROUPS, eps=EPS, apply_act=apply_act, act_layer=act_layer)
+
+
+def _ln(c, apply_act, act_layer):
+    return GroupNorm1Act(c, eps=EPS, apply_act=apply_act, act_layer=act_layer)
+
+
+def _evos0(c, apply_act, act_layer):
+    # EvoNorm-S0 carries its own sigmoid-gated nonlinearity, so act_layer does not apply.
+    return EvoNorm2dS0(c, group_size=8, apply_act=apply_act, eps=EPS)
+
+
+register_norm("bn", "BN", _bn, False, "BatchNorm + SiLU (batch-dependent baseline)")
+register_norm("gn", "GN", _gn, True, f"GroupNorm, {GN_GROUPS} groups, affine, + SiLU (the paper's GN baseline)")
+register_norm("ln", "LN", _ln, True, "LayerNorm over (C, H, W) = GroupNorm with 1 group, affine, + SiLU")
+register_norm(
+    "ln_pn", "LN+PN", partial(GroupNormProxyAct2d, num_groups=1, eps=EPS), True,
+    "LayerNorm (no affine) + Proxy-Normalized SiLU (the paper's proposal)",
+)
+register_norm(
+    "gn_pn", "GN+PN", partial(GroupNormProxyAct2d, num_groups=GN_GROUPS, eps=EPS), True,
+    f"GroupNorm, {GN_GROUPS} groups (no affine) + Proxy-Normalized SiLU",
+)
+register_norm("evos0", "EvoNorm-S0", _evos0, True, "timm's EvoNorm-S0 (group size 8), an extra baseline")
