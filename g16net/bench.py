@@ -1,0 +1,143 @@
+"""Benchmark: `python -m g16net.bench` prints img/s, memory, params and MACs for our models next to timm peers.
+
+Every row of one run shares the protocol of `g16net.efficiency` and the ratio column divides by the first peer
+measured under the same (resolution, mode, precision, layout, compile) settings, so ratios are like for like.
+
+  python -m g16net.bench --norms bn,gn,ln,ln_pn --res 64,128 --batch 32              # CPU, fp32
+  python -m g16net.bench --res 160,224 --precision bf16 --layout nchw,nhwc --compile 0,1 --batch 128   # GPU
+"""
+
+import argparse
+import csv
+import itertools
+import platform
+import sys
+
+import timm
+import torch
+
+import g16net  # noqa: F401  (registers our timm names)
+
+from .efficiency import PRECISIONS, count_params, forward_macs, measure_throughput
+from .models import NORMS, GroupNormProxyAct2d
+
+PN_IMPLS = ("fused", "reference")
+
+
+def set_pn_impl(model: torch.nn.Module, impl: str) -> torch.nn.Module:
+    """Switch every LN/GN + Proxy Norm layer between the fused and the reference formulation."""
+    for m in model.modules():
+        if isinstance(m, GroupNormProxyAct2d):
+            m.fused = impl == "fused"
+    return model
+
+
+def _csv_list(kind):
+    return lambda s: [kind(v) for v in s.split(",") if v != ""]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m g16net.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", type=_csv_list(str), default=["g16_efficientnet_b0"],
+                   help="our timm names, e.g. g16_efficientnet_b0,g1_efficientnet_b0")
+    p.add_argument("--norms", type=_csv_list(str), default=["bn", "gn", "ln", "ln_pn"])
+    p.add_argument("--peers", type=_csv_list(str), default=["efficientnet_b0", "efficientnet_b0_gn"],
+                   help="timm models measured in the same run; ratios are against the first")
+    p.add_argument("--res", type=_csv_list(int), default=[64, 128])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--modes", type=_csv_list(str), default=["train", "infer"])
+    p.add_argument("--precision", type=_csv_list(str), default=["fp32"], help=f"any of {PRECISIONS}")
+    p.add_argument("--layout", type=_csv_list(str), default=["nchw"], help="nchw and/or nhwc (channels_last)")
+    p.add_argument("--compile", type=_csv_list(int), default=[0], help="0 and/or 1 (torch.compile)")
+    p.add_argument("--pn-impl", type=_csv_list(str), default=["fused"], help=f"any of {PN_IMPLS}")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
+    args = p.parse_args(argv)
+    _check_choices(p, "--norms", args.norms, NORMS)
+    _check_choices(p, "--modes", args.modes, ("train", "infer"))
+    _check_choices(p, "--precision", args.precision, PRECISIONS)
+    _check_choices(p, "--layout", args.layout, ("nchw", "nhwc"))
+    _check_choices(p, "--pn-impl", args.pn_impl, PN_IMPLS)
+    _check_choices(p, "--compile", args.compile, (0, 1))
+    for name in args.models + args.peers:
+        if not timm.is_model(name):
+            p.error(f"unknown model {name!r}; ours: {', '.join(timm.list_models('g*_efficientnet_*'))}")
+    if min(args.res) < 32:
+        p.error(f"--res values must be >= 32 (EfficientNet downsamples 32x), got {args.res}")
+    return args
+
+
+def _check_choices(p, flag, values, allowed):
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        p.error(f"{flag}: unknown {bad}; allowed: {', '.join(map(str, allowed))}")
+
+
+def _candidates(args):
+    """(label, norm, build) for every model of the run, peers first."""
+    for name in args.peers:
+        yield name, "-", lambda name=name: timm.create_model(name, num_classes=args.num_classes)
+    for name, norm in itertools.product(args.models, args.norms):
+        impls = args.pn_impl if norm.endswith("_pn") else ["fused"]
+        for impl in impls:
+            label = f"{name}" + (f" [{impl}]" if len(impls) > 1 else "")
+            yield label, norm, lambda name=name, norm=norm, impl=impl: set_pn_impl(
+                timm.create_model(name, norm=norm, num_classes=args.num_classes), impl)
+
+
+def run(args) -> list[dict]:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(_header(device, args), flush=True)
+    cols = ("model", "norm", "res", "mode", "prec", "layout", "comp", "params_M", "GMACs", "img/s", "ratio",
+            "act_MB", "peak_MB")
+    print(_fmt_row(cols), flush=True)
+    rows, base = [], {}
+    models = [(label, norm, build()) for label, norm, build in _candidates(args)]
+    for res, mode, prec, layout, comp in itertools.product(args.res, args.modes, args.precision, args.layout,
+                                                           args.compile):
+        key = (res, mode, prec, layout, comp)
+        for label, norm, model in models:
+            t = measure_throughput(model, res, args.batch, mode, args.warmup, args.steps, prec, layout == "nhwc",
+                                   bool(comp), device)
+            base.setdefault(key, t.img_per_s)
+            row = dict(model=label, norm=norm, res=res, mode=mode, prec=prec, layout=layout, comp=comp,
+                       params_M=count_params(model) / 1e6, GMACs=forward_macs(model, res) / 1e9,
+                       **{"img/s": t.img_per_s, "ratio": t.img_per_s / base[key], "act_MB": t.activation_mb,
+                          "peak_MB": t.peak_mem_mb}, batch=args.batch, device=device)
+            rows.append(row)
+            print(_fmt_row([row[c] for c in cols]), flush=True)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return rows
+
+
+def _header(device, args) -> str:
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
+    return (f"# device={device} ({name}), torch {torch.__version__}, timm {timm.__version__}, "
+            f"threads={torch.get_num_threads()}, batch={args.batch}, warmup={args.warmup}, steps={args.steps}, "
+            f"ratio = img/s / {args.peers[0] if args.peers else 'first row'} at the same settings")
+
+
+def _fmt_row(values) -> str:
+    widths = (30, 6, 4, 5, 5, 6, 4, 8, 6, 8, 6, 8, 8)
+    out = []
+    for v, w in zip(values, widths):
+        s = "-" if v is None else f"{v:.3f}" if isinstance(v, float) and w <= 6 else f"{v:.1f}" if isinstance(
+            v, float) else str(v)
+        out.append(s.rjust(w) if isinstance(v, (int, float)) else s.ljust(w))
+    return " ".join(out)
+
+
+def main(argv=None):
+    rows = run(parse_args(argv))
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Check a composed config before any work starts, and resolve its "auto"/null values into a RunPlan.
+
+Every check here is cheap (no data loading, no model weights), so a typo fails in a second with a message that
+names the key, the bad value and what is allowed, instead of after an epoch.
+"""
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .models import create_model
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+CHOICES = {
+    "resolution.schedule": ("half", "native"),
+    "trainer.precision": PRECISIONS,
+    "trainer.accelerator": ACCELERATORS,
+    "logger.name": ("csv", "wandb", "none"),
+    "scheduler.name": ("step", "cosine"),
+    "finetune.scheduler.name": ("step", "cosine"),
+    "ema.every": ("epoch", "step"),
+    "finetune.layers": ("head", "all"),
+    "backend": ("lightning", "ipu"),
+}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; raised before any expensive step."""
+
+
+@dataclass
+class RunPlan:
+    schedule: str
+    train_res: int
+    native_res: int
+    finetune_res: int
+    test_res: list[int]
+    headline_res: int
+    finetune_epochs: int
+    lr: float
+    finetune_lr: float
+    rmsprop_alpha: float | None
+    accelerator: str
+    precision: str
+    num_classes: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _get(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def _positive_int(cfg, key, minimum=1):
+    v = _get(cfg, key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise ConfigError(f"{key}={v!r} must be an integer >= {minimum}")
+    return v
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Validate everything that needs no data: choices, counts, the model itself (built on the meta device)."""
+    for key, allowed in CHOICES.items():
+        v = _get(cfg, key)
+        if v not in allowed:
+            raise ConfigError(f"{key}={v!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+    _positive_int(cfg, "epochs")
+    _positive_int(cfg, "finetune.epochs", minimum=0)
+    for key in ("batch_size", "eval_batch_size", "finetune.batch_size", "trainer.accumulate_grad_batches"):
+        _positive_int(cfg, key)
+    mixup = cfg.augment.mixup_alpha
+    if mixup != "auto" and not (isinstance(mixup, (int, float)) and mixup >= 0):
+        raise ConfigError(f"augment.mixup_alpha={mixup!r} must be 'auto' or a number >= 0 (0 = off)")
+    kept = cfg.augment.cutmix_kept_area
+    if kept not in ("auto", None) and not (isinstance(kept, (int, float)) and 0 < kept < 1):
+        raise ConfigError(f"augment.cutmix_kept_area={kept!r} must be 'auto', null (off) or in (0, 1)")
+    ckpt = cfg.ckpt_path
+    if ckpt not in (None, "last") and not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt!r} is not a file; allowed: null, 'last' (resume this run dir) or a "
+                          "path to a Lightning checkpoint")
+    try:
+        with torch.device("meta"):
+            create_model(**model_kwargs(cfg, num_classes=10))
+    except ValueError as e:
+        raise ConfigError(f"model/norm config: {e}") from None
+
+
+def model_kwargs(cfg: DictConfig, num_classes: int) -> dict:
+    m = cfg.model
+    return dict(size=m.size, group_size=m.group_size, expand_ratio=m.expand_ratio, norm=cfg.norm.name,
+                group_rule=m.group_rule, num_classes=num_classes, drop_rate=m.drop_rate,
+                drop_path_rate=m.drop_path_rate)
+
+
+def _resolution_list(cfg, key) -> list[int] | None:
+    v = OmegaConf.select(cfg, key)
+    if v is None:
+        return None
+    if not isinstance(v, (list, ListConfig)) or not v or not all(isinstance(r, int) and r > 0 for r in v):
+        raise ConfigError(f"{key}={v!r} must be a non-empty list of positive integers (pixels)")
+    return sorted(set(v))
+
+
+def plan_run(cfg: DictConfig, data) -> RunPlan:
+    """Resolve resolutions, LRs and precision. `data` is the DataSource (it knows native/half resolutions)."""
+    schedule = cfg.resolution.schedule
+    native = cfg.resolution.native or data.native_resolution
+    if not native:
+        raise ConfigError(f"no native resolution for data={cfg.data.name!r}: set data.native_resolution or "
+                          "resolution.native (pixels)")
+    train = cfg.resolution.train or (data.half_resolution if schedule == "half" else native)
+    if not train:
+        raise ConfigError(f"resolution=half but data {cfg.data.name!r} (model.size={cfg.model.size}) has no half "
+                          "resolution; set resolution.train=PIXELS or data.half_resolution")
+    ft_epochs = cfg.finetune.epochs
+    finetune_res = cfg.finetune.resolution or native
+    test = (_resolution_list(cfg, "eval.resolutions") or _resolution_list(cfg, "data.test_resolutions")
+            or sorted({train, native, native + 32}))
+    for key, v in (("resolution.train", train), ("resolution.native", native), ("finetune.resolution", finetune_res)):
+        if not isinstance(v, int) or v < 8:
+            raise ConfigError(f"{key}={v!r} must be an integer number of pixels >= 8")
+    highest_test = finetune_res if ft_epochs else native
+    if train > highest_test and not cfg.resolution.allow_train_above_test:
+        raise ConfigError(
+            f"train resolution {train} is above the test resolution {highest_test} "
+            f"({'finetune.resolution' if ft_epochs else 'native resolution'}); the method trains at or below it. "
+            "Set resolution.allow_train_above_test=true if this is intended.")
+    accelerator = cfg.trainer.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator!r} but no CUDA device is visible; "
+                          "use trainer=cpu (or trainer.accelerator=auto)")
+    precision = cfg.trainer.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
+    batch = cfg.batch_size
+    lr = cfg.optimizer.lr or cfg.optimizer.lr_per_sample * batch
+    ft_lr = cfg.finetune.lr or cfg.finetune.lr_per_sample * cfg.finetune.batch_size
+    alpha = cfg.optimizer.alpha if cfg.optimizer.alpha is not None else max(0.0, 1.0 - batch / 16384)
+    headline = finetune_res if ft_epochs else native
+    test = sorted(set(test) | {headline})  # the resolution the run is reported at is always evaluated
+    return RunPlan(schedule, train, native, finetune_res, test, headline, ft_epochs, float(lr), float(ft_lr), alpha,
+                   accelerator, precision, data.num_classes)

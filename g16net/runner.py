@@ -1,0 +1,286 @@
+"""The main job, phase by phase: train at the training resolution -> weight average -> evaluate -> finetune the head
+at the native resolution -> evaluate at every test resolution -> measure throughput -> metrics.json.
+
+Resume (`ckpt_path=last`, same run dir) is phase-aware: a finished phase leaves `checkpoints/<phase>.pt` and
+`<phase>.json`, an unfinished one Lightning's `checkpoints/<phase>/last.ckpt` (optimizer, schedule, EMA, epoch).
+"""
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from . import __version__
+from .callbacks import PipelineThroughput
+from .config import ConfigError, RunPlan, check_config, model_kwargs, plan_run
+from .data import build_data
+from .efficiency import count_params, forward_macs, measure_throughput
+from .lit_module import LitClassifier
+from .loggers import phase_logger
+from .models import create_model
+from .recipe import build_mixup
+from .run_io import ERROR, METRICS, atomic_write_json
+
+PHASES = ("train", "finetune")
+_PRECISION = {"32-true": "fp32", "64-true": "fp32", "bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "fp16"}
+
+
+class Run:
+    """One job on the Lightning backend. Backends override train / finetune / evaluate / throughput; everything
+    else (config checks, data, resolutions, resume files, metrics.json) is shared."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.t0 = time.time()
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        check_config(cfg)
+        try:
+            self.data = build_data(cfg.data, model_size=cfg.model.size)
+        except (ValueError, FileNotFoundError) as e:  # a bad data config: one clean message, no traceback
+            raise ConfigError(str(e)) from None
+        self.plan: RunPlan = plan_run(cfg, self.data)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.is_global_zero = True
+        self.world_size = 1
+
+    # ---- plumbing -----------------------------------------------------------------------------------------------
+    def trainer(self, phase: str, epochs: int = 1, callbacks=(), logger=False) -> pl.Trainer:
+        t = self.cfg.trainer
+        bar = t.progress_bar if t.progress_bar != "auto" else _interactive()
+        trainer = pl.Trainer(
+            accelerator=self.plan.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+            precision=self.plan.precision, max_epochs=epochs, accumulate_grad_batches=t.accumulate_grad_batches,
+            sync_batchnorm=t.sync_batchnorm,
+            gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps, enable_progress_bar=bar,
+            enable_model_summary=False, default_root_dir=self.run_dir, callbacks=list(callbacks), logger=logger,
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            deterministic=t.deterministic, num_sanity_val_steps=0, limit_train_batches=t.limit_train_batches,
+            limit_val_batches=t.limit_val_batches,
+        )
+        self.is_global_zero, self.world_size = trainer.is_global_zero, trainer.world_size
+        return trainer
+
+    def per_device_batch(self, key: str, global_batch: int) -> int:
+        split = self.world_size * self.cfg.trainer.accumulate_grad_batches
+        if global_batch % split:
+            raise ConfigError(f"{key}={global_batch} is the global batch and must divide evenly over "
+                              f"{self.world_size} device(s) x {self.cfg.trainer.accumulate_grad_batches} "
+                              "accumulation steps")
+        return global_batch // split
+
+    def loader(self, dataset, batch_size: int, train: bool):
+        workers = self.cfg.data.num_workers
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
+            pin_memory=self.plan.accelerator != "cpu", persistent_workers=workers > 0 and train)
+
+    def lit(self, model, **kw) -> LitClassifier:
+        return LitClassifier(model, mean=self.data.mean, std=self.data.std,
+                             label_smoothing=self.cfg.loss.label_smoothing, channels_last=self.cfg.channels_last,
+                             compile=self.cfg.compile, **kw)
+
+    def _phase_files(self, phase):
+        return self.ckpt_dir / f"{phase}.pt", self.ckpt_dir / f"{phase}.json"
+
+    def _resume_from(self, phase: str) -> str | None:
+        ckpt = self.cfg.ckpt_path
+        if ckpt == "last":
+            last = self.ckpt_dir / phase / "last.ckpt"
+            return str(last) if last.exists() else None
+        return ckpt if phase == "train" else None
+
+    def _finish_phase(self, phase: str, model, summary: dict):
+        if self.is_global_zero:
+            weights, info = self._phase_files(phase)
+            tmp = weights.with_suffix(".pt.tmp")
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(weights)
+            atomic_write_json(info, summary)
+
+    def _done_phase(self, phase: str, model) -> dict | None:
+        weights, info = self._phase_files(phase)
+        if self.cfg.ckpt_path == "last" and weights.exists() and info.exists():
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            print(f"[g16net] resume: phase '{phase}' already finished, loaded {weights}")
+            return json.loads(info.read_text())
+        return None
+
+    # ---- phases -------------------------------------------------------------------------------------------------
+    def mixup(self, batch: int, enabled: bool = True):
+        """timm Mixup/CutMix as configured (None when off); it pairs samples, so the device batch must be even."""
+        c = self.cfg
+        mixup = build_mixup(c.augment, c.model.size, self.plan.num_classes, c.loss.label_smoothing) if enabled else None
+        if mixup is not None and batch % 2:
+            raise ConfigError(f"Mixup/CutMix needs an even per-device batch, got {batch}; change the batch size (and "
+                              "device/replica/accumulation counts) or turn mixing off (augment.mixup_alpha=0 "
+                              "augment.cutmix_kept_area=null)")
+        return mixup
+
+    def train(self, model) -> dict:
+        done = self._done_phase("train", model)
+        if done is not None:
+            return done
+        with phase_logger(self.cfg, self.run_dir, "train") as logger:
+            return self._train(model, logger)
+
+    def _train(self, model, logger) -> dict:
+        cfg, plan = self.cfg, self.plan
+        tput = PipelineThroughput()
+        trainer = self.trainer("train", cfg.epochs, [_epoch_checkpoint(self.ckpt_dir / "train"), tput], logger)
+        batch = self.per_device_batch("batch_size", cfg.batch_size)
+        mixup = self.mixup(batch)
+        optimizer = OmegaConf.merge(cfg.optimizer, {"alpha": plan.rmsprop_alpha})
+        lit = self.lit(model, optimizer_cfg=optimizer, scheduler_cfg=cfg.scheduler, lr=plan.lr, epochs=cfg.epochs,
+                       mixup=mixup, ema_cfg=cfg.ema)
+        lit.set_eval_resolutions([plan.train_res], plan.num_classes)
+        trainer.fit(lit, self.loader(self.data.train_dataset(plan.train_res), batch, True),
+                    self.loader(self.data.val_dataset(plan.train_res), cfg.eval_batch_size, False),
+                    ckpt_path=self._resume_from("train"))
+        if lit.ema is not None:
+            model.load_state_dict(lit.ema.module.state_dict())
+        summary = dict(epochs=trainer.current_epoch, per_device_batch=batch, world_size=self.world_size,
+                       train_throughput_pipeline=tput.img_per_s * self.world_size)
+        self._finish_phase("train", model, summary)
+        return summary
+
+    def finetune(self, model) -> dict:
+        done = self._done_phase("finetune", model)
+        if done is not None:
+            return done
+        with phase_logger(self.cfg, self.run_dir, "finetune") as logger:
+            return self._finetune(model, logger)
+
+    def _finetune(self, model, logger) -> dict:
+        cfg, plan, f = self.cfg, self.plan, self.cfg.finetune
+        trainer = self.trainer("finetune", f.epochs, [_epoch_checkpoint(self.ckpt_dir / "finetune")], logger)
+        batch = self.per_device_batch("finetune.batch_size", f.batch_size)
+        recal = (cfg.norm.name == "bn") if f.recalibrate_bn == "auto" else bool(f.recalibrate_bn)
+        mixup = self.mixup(batch, f.mixup)
+        lit = self.lit(model, optimizer_cfg=f.optimizer, scheduler_cfg=f.scheduler, lr=plan.finetune_lr,
+                       epochs=f.epochs, mixup=mixup, trainable=f.layers, recalibrate_bn=recal, head_dropout=f.dropout)
+        lit.set_eval_resolutions([plan.finetune_res], plan.num_classes)
+        train_set = self.data.train_dataset(plan.finetune_res, eval_transform=f.eval_transform)
+        trainer.fit(lit, self.loader(train_set, batch, True),
+                    self.loader(self.data.val_dataset(plan.finetune_res), cfg.eval_batch_size, False),
+                    ckpt_path=self._resume_from("finetune"))
+        model.requires_grad_(True)
+        summary = dict(epochs=trainer.current_epoch, per_device_batch=batch, recalibrate_bn=recal)
+        self._finish_phase("finetune", model, summary)
+        return summary
+
+    def evaluate(self, model, tag: str) -> list[dict]:
+        lit = self.lit(model)
+        res = self.plan.test_res
+        lit.set_eval_resolutions(res, self.plan.num_classes)
+        loaders = [self.loader(self.data.val_dataset(r), self.cfg.eval_batch_size, False) for r in res]
+        with phase_logger(self.cfg, self.run_dir, tag) as logger:
+            self.trainer(tag, logger=logger).validate(lit, dataloaders=loaders, verbose=False)
+        return [{"resolution": r, **lit.eval_results[r]} for r in res]
+
+    def throughput(self, num_classes: int, batch: int) -> tuple[float, dict[int, float], dict]:
+        """Model compute on a fresh copy of the architecture (weights do not change speed), fixed protocol."""
+        t = self.cfg.throughput
+        device = "cuda" if self.plan.accelerator in ("gpu", "cuda") else "cpu"
+        proto = dict(batch_size=t.batch_size or batch, warmup_steps=t.warmup, timed_steps=t.steps,
+                     precision=_PRECISION[self.plan.precision], channels_last=bool(self.cfg.channels_last),
+                     compile=bool(self.cfg.compile), device=device)
+        if not t.enabled:
+            return float("nan"), {r: float("nan") for r in self.plan.test_res}, proto
+        model = create_model(**model_kwargs(self.cfg, num_classes))
+        kw = dict(batch_size=proto["batch_size"], warmup=t.warmup, steps=t.steps, precision=proto["precision"],
+                  channels_last=proto["channels_last"], compile=proto["compile"], device=device)
+        train = measure_throughput(model, self.plan.train_res, mode="train", **kw).img_per_s
+        infer = {r: measure_throughput(model, r, mode="infer", **kw).img_per_s for r in self.plan.test_res}
+        return train, infer, proto
+
+
+def make_job(cfg: DictConfig, run_dir: Path) -> Run:
+    """The backend: Lightning (CPU/GPU, DDP) or, with backend=ipu, PopTorch (imported only on that path)."""
+    if cfg.backend == "ipu":
+        from .backends.ipu import IPURun
+
+        return IPURun(cfg, run_dir)
+    return Run(cfg, run_dir)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """Run the whole job in `run_dir`; returns the metrics written to metrics.json (None on non-zero ranks)."""
+    job = make_job(cfg, run_dir)
+    _guard_run_dir(job.run_dir, cfg)
+    try:
+        job.data.maybe_verify()  # data.verify_images: true / false / auto (every file if there are <= 20000)
+    except ValueError as e:  # a corrupt image: named, before any training
+        raise ConfigError(str(e)) from None
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    plan = job.plan
+    model = create_model(**model_kwargs(cfg, plan.num_classes))
+    trained = job.train(model)
+    before = job.evaluate(model, "eval_before_finetune") if plan.finetune_epochs and cfg.eval.before_finetune else []
+    tuned = job.finetune(model) if plan.finetune_epochs else None
+    final = job.evaluate(model, "eval")
+    if not job.is_global_zero:
+        return None
+    train_tput, infer_tput, proto = job.throughput(plan.num_classes, trained["per_device_batch"])
+    for row in final + before:
+        row["macs"] = forward_macs(model, row["resolution"])
+        row["infer_throughput"] = infer_tput[row["resolution"]]
+    metrics = dict(
+        schema=1, status="complete", name=cfg.name, version=__version__,
+        model=dict(name=f"g{cfg.model.group_size}_efficientnet_{cfg.model.size}", size=cfg.model.size,
+                   group_size=cfg.model.group_size, expand_ratio=cfg.model.expand_ratio, norm=cfg.norm.name,
+                   group_rule=cfg.model.group_rule),
+        schedule=plan.schedule, finetuned=bool(plan.finetune_epochs), dataset=cfg.data.name,
+        num_classes=plan.num_classes, params=count_params(model), train_resolution=plan.train_res,
+        native_resolution=plan.native_res, finetune_resolution=plan.finetune_res if plan.finetune_epochs else None,
+        headline_resolution=plan.headline_res, train_macs=forward_macs(model, plan.train_res),
+        train_throughput=train_tput, train_throughput_pipeline=trained["train_throughput_pipeline"],
+        device=proto.get("device_name") or _device_name(proto["device"]), precision=plan.precision,
+        throughput_protocol=proto,
+        global_batch_size=cfg.batch_size, per_device_batch_size=trained["per_device_batch"],
+        world_size=trained["world_size"],
+        accumulate_grad_batches=trained.get("accumulate_grad_batches", cfg.trainer.accumulate_grad_batches),
+        lr=plan.lr, finetune_lr=plan.finetune_lr if plan.finetune_epochs else None,
+        eval=final, eval_before_finetune=before, epochs=trained["epochs"],
+        finetune_epochs=tuned["epochs"] if tuned else 0, wall_time_s=round(time.time() - job.t0, 1),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    atomic_write_json(job.run_dir / METRICS, metrics)
+    (job.run_dir / ERROR).unlink(missing_ok=True)  # a resumed run that completes is no longer failed
+    return metrics
+
+
+def _epoch_checkpoint(dirpath: Path) -> ModelCheckpoint:
+    """`last.ckpt` rewritten (atomically) after every epoch. save_top_k=1 without a monitor keeps the newest
+    checkpoint; with save_top_k=0 Lightning would write last.ckpt only when fit ends."""
+    return ModelCheckpoint(dirpath=dirpath, filename="last", save_top_k=1, save_last=False,
+                           enable_version_counter=False)
+
+
+def _guard_run_dir(run_dir: Path, cfg: DictConfig):
+    """A fresh run never overwrites results: it refuses, or with overwrite=true moves them aside first."""
+    existing = [p for p in (run_dir / METRICS, run_dir / "checkpoints") if p.exists()]
+    if not existing or cfg.ckpt_path == "last":
+        return
+    if not cfg.overwrite:
+        raise ConfigError(f"{run_dir} already holds {', '.join(p.name for p in existing)}; pass ckpt_path=last to "
+                          "resume it, overwrite=true to start again (old files are moved to previous-*/), or use "
+                          "another hydra.run.dir")
+    backup = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
+    backup.mkdir()
+    for p in existing:
+        shutil.move(str(p), backup / p.name)
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"cpu ({torch.get_num_threads()} threads)"

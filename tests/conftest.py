@@ -1,0 +1,35 @@
+"""Shared fixtures: compose the real Hydra config (as lightning-hydra-template's tests do) and run the real job."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = str(ROOT / "conf")
+# Small enough for seconds per run on 2 CPU cores; still every phase (train, eval, finetune, eval, throughput).
+TINY = ["debug=smoke", "logger=none"]
+
+
+def compose_cfg(overrides=(), return_hydra_config=False):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+@pytest.fixture
+def make_cfg():
+    return compose_cfg
+
+
+def run_cli(args, cwd=ROOT, timeout=600, env=None, check=True) -> subprocess.CompletedProcess:
+    """`python -m g16net.train ARGS` as a user would type it."""
+    proc = subprocess.run([sys.executable, "-m", "g16net.train", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
+    return proc

@@ -1,0 +1,215 @@
+"""The main job end to end on tiny inputs: phases, metrics.json contract, presets, resume, real image folders,
+and the errors a user hits before training starts."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import g16net
+from g16net.config import ConfigError, check_config, plan_run
+from g16net.data import build_data
+from g16net.lit_module import LitClassifier, NonFiniteLossError
+from g16net.models import SIZES
+from g16net.recipe import PAPER_MIXUP, build_mixup, param_groups
+from g16net.runner import run
+
+from .conftest import ROOT, TINY, compose_cfg, run_cli
+
+CONTRACT = ("params", "train_resolution", "train_macs", "train_throughput", "eval")
+EVAL_CONTRACT = ("resolution", "top1", "macs", "infer_throughput")
+SERIES = ("g1_gn_native", "g16_gn_native", "g16_gn_half", "g16_lnpn_native", "g16_lnpn_half")
+
+
+def _image_folder(root, classes=3, per_class=6, size=40, splits=("train", "val")):
+    """Real PNG files: class c is a colour ramp with a class-specific hue, plus noise."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in range(classes):
+            d = root / split / f"class_{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                img = np.zeros((size, size, 3), np.uint8)
+                img[..., c % 3] = np.linspace(60, 250, size, dtype=np.uint8)[None, :]
+                img = np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+def _metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _assert_contract(m):
+    assert m["status"] == "complete"
+    for key in CONTRACT:
+        assert key in m, key
+    assert m["eval"] and all(all(k in r for k in EVAL_CONTRACT) for r in m["eval"])
+    assert m["config"]["model"]["size"] == m["model"]["size"]
+
+
+def test_main_job_cli_writes_the_contract(tmp_path):
+    run_cli(["debug=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"])
+    m = _metrics(tmp_path)
+    _assert_contract(m)
+    assert (m["schedule"], m["finetuned"], m["train_resolution"], m["headline_resolution"]) == ("half", True, 32, 64)
+    assert [r["resolution"] for r in m["eval"]] == [32, 64]
+    assert [r["resolution"] for r in m["eval_before_finetune"]] == [32, 64]
+    assert m["eval"][1]["macs"] > 3.5 * m["eval"][0]["macs"]  # ~4x the pixels
+    assert m["train_throughput"] > 0 and m["params"] == g16net.efficiency.count_params(
+        g16net.create_model(norm="ln_pn", num_classes=10))
+    assert (tmp_path / ".hydra" / "config.yaml").exists()  # the resolved config is saved with the run
+    for phase in ("train", "finetune"):
+        assert (tmp_path / "checkpoints" / f"{phase}.pt").exists()
+        assert (tmp_path / "logs" / phase / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("size", ["b0", "b1", "b2", "b3", "b4", "b5"])
+def test_paper_presets_compose_and_validate(tmp_path, size):
+    """The 30 runs of the paper: experiment=paper_imagenet x series x model.size, against a tiny ImageNet layout."""
+    root = _image_folder(tmp_path / "imagenet", classes=2, per_class=1)
+    for series in SERIES:
+        cfg = compose_cfg(["experiment=paper_imagenet", f"series={series}", f"model.size={size}",
+                           f"data.root={root}", "trainer.accelerator=cpu", "trainer.precision=32-true"])
+        check_config(cfg)
+        plan = plan_run(cfg, build_data(cfg.data, model_size=size))
+        spec = SIZES[size]
+        native = series.endswith("native")
+        assert plan.train_res == (spec.native_res if native else spec.half_res)
+        assert plan.headline_res == plan.finetune_res == spec.native_res and plan.finetune_epochs == 2
+        assert (cfg.model.group_size, cfg.model.expand_ratio) == ((1, 6) if series.split("_")[0] == "g1" else (16, 4))
+        assert cfg.norm.name == ("ln_pn" if "lnpn" in series else "gn")
+        assert (cfg.epochs, cfg.batch_size, plan.lr, plan.rmsprop_alpha) == (350, 768, 0.046875, 0.953125)
+        assert plan.finetune_lr == pytest.approx(0.25)
+        mix = build_mixup(cfg.augment, size, 1000, 0.1)
+        assert mix.mixup_alpha == PAPER_MIXUP[size][0] and (mix.cutmix_minmax is None) == (size == "b0")
+
+
+def test_weight_decay_groups_include_proxy_parameters():
+    model = g16net.create_model(norm="ln_pn", num_classes=10)
+    decay, no_decay = param_groups(model, 1e-5)
+    decay_ids = {id(p) for p in decay["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decay_ids}
+    assert "norm_stem.pn.proxy_weight" in names and "norm_stem.pn.proxy_bias" in names
+    assert "norm_stem.pn.weight" not in names and "classifier.bias" not in names and "conv_stem.weight" in names
+    assert no_decay["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("norm", ["ln_pn", "bn"])
+def test_gradient_accumulation_equals_one_large_batch(norm):
+    """4 micro-batches of 4 vs one batch of 16, through the training module's own loss, in float64. Tolerance:
+    1e-10 relative to the largest gradient entry (only summation order differs). BatchNorm misses it by 8+ orders."""
+    torch.manual_seed(0)
+    model = g16net.create_model(norm=norm, num_classes=10, drop_rate=0.0, drop_path_rate=0.0)
+    lit = LitClassifier(model, mean=(0.5,) * 3, std=(0.25,) * 3, label_smoothing=0.1).double()
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (16,))
+
+    def grads(chunks):
+        model.zero_grad()
+        for xs, ys in zip(x.chunk(chunks), y.chunk(chunks)):
+            (lit.compute_loss(xs, ys) / chunks).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    whole, accumulated = grads(1), grads(4)
+    error = (whole - accumulated).abs().max() / whole.abs().max()
+    if norm == "bn":
+        assert error > 1e-2
+    else:
+        assert error < 1e-10
+
+
+def test_imagefolder_end_to_end(tmp_path):
+    root = _image_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    run_cli([*TINY, "data=imagefolder", f"data.root={root}", "data.native_resolution=64", "data.half_resolution=32",
+             "data.num_workers=0", f"hydra.run.dir={out}"])
+    m = _metrics(out)
+    _assert_contract(m)
+    assert (m["dataset"], m["num_classes"]) == ("imagefolder", 3)
+
+
+def test_resume_after_kill(tmp_path):
+    """Kill the job (SIGKILL) once the first training epoch's checkpoint exists, resume with ckpt_path=last in the
+    same run dir, and end with every epoch done and a complete metrics.json."""
+    # 30 batches per epoch: long enough (seconds) to kill the job between two epochs' checkpoints.
+    args = [*TINY, "epochs=3", "trainer.limit_train_batches=30", "finetune.epochs=1", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "g16net.train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = tmp_path / "checkpoints" / "train" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # Lightning writes checkpoints to a temp file and renames: never half-written
+    proc.wait()
+    assert last.exists() and not (tmp_path / "metrics.json").exists()
+    epoch_at_kill = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    assert epoch_at_kill < 3
+    with pytest.raises(AssertionError, match="ckpt_path=last"):  # a fresh start would clobber it: refused
+        run_cli(args)
+    run_cli([*args, "ckpt_path=last"])
+    m = _metrics(tmp_path)
+    _assert_contract(m)
+    assert (m["epochs"], m["finetune_epochs"]) == (3, 1)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = LitClassifier.compute_loss
+
+    def poisoned(self, x, y):
+        loss = real(self, x, y)
+        return loss * float("nan") if self.current_epoch == 1 else loss
+
+    monkeypatch.setattr(LitClassifier, "compute_loss", poisoned)
+    cfg = compose_cfg([*TINY, "epochs=3"])
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss .* epoch 1"):
+        run(cfg, tmp_path)
+    last = tmp_path / "checkpoints" / "train" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.size=b9"], "size='b9'; allowed: b0"),
+    (["model.group_size=12"], "group_size=12 cannot divide"),
+    (["resolution.schedule=quarter"], "resolution.schedule='quarter' is not allowed; allowed: half, native"),
+    (["epochs=0"], "epochs=0 must be an integer >= 1"),
+    (["resolution.train=128"], "train resolution 128 is above the test resolution 64"),
+    (["data=imagefolder", "data.root=/nonexistent/data", "data.native_resolution=64", "data.half_resolution=32"],
+     "/nonexistent/data"),
+    (["augment.mixup_alpha=-1"], "augment.mixup_alpha=-1"),
+    (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' is not a file"),
+])
+def test_bad_config_fails_before_training(tmp_path, overrides, message):
+    with pytest.raises((ConfigError, ValueError, FileNotFoundError), match=message):
+        run(compose_cfg([*TINY, *overrides]), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_errors_are_clear_and_early(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli([*TINY, "data=imagefolder", f"data.root={empty}", "data.native_resolution=64",
+                    "data.half_resolution=32", f"hydra.run.dir={tmp_path / 'r1'}"], check=False)
+    assert proc.returncode == 2 and str(empty) in proc.stderr + proc.stdout
+    assert json.loads((tmp_path / "r1" / "error.json").read_text())["status"] == "failed"
+    proc = run_cli([*TINY, "norm=batchnorm", f"hydra.run.dir={tmp_path / 'r2'}"], check=False)
+    assert proc.returncode != 0 and "norm/batchnorm" in proc.stderr and "ln_pn" in proc.stderr
+
+
+def test_corrupt_image_is_named_before_training(tmp_path):
+    root = _image_folder(tmp_path / "data")
+    bad = root / "train" / "class_1" / "3.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    cfg = compose_cfg([*TINY, "data=imagefolder", f"data.root={root}", "data.native_resolution=64",
+                       "data.half_resolution=32", "data.num_workers=0"])
+    with pytest.raises(ValueError, match="3.png"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
