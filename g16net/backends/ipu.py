@@ -1,0 +1,388 @@
+"""backend=ipu: the main job trained and evaluated through PopTorch on Graphcore IPUs (the authors' hardware).
+
+Same phases, data, recipe, resume files and metrics.json as the Lightning backend (`g16net.runner.Run`); only the
+loop differs, because PopTorch compiles a whole step (forward, loss, backward, optimizer) into one IPU executable:
+  * the model is wrapped with its loss (`_OnDevice`); uint8 images are normalized on the IPU;
+  * PopTorch's RMSprop (TF variant) / SGD with fp32 optimizer state and static loss scaling; the LR schedule is
+    pushed with `setOptimizer` between host calls, so it is constant over `ipu.device_iterations` updates;
+  * `ipu.half`: a fp16 copy of the model is compiled; the host model stays fp32 (weight average, phase files);
+  * Mixup/CutMix run on the host (timm, one draw per micro-batch), so mixed batches travel as fp16/fp32;
+  * the weight average (timm ModelEmaV3) is updated once per epoch from weights copied back to the host;
+  * evaluation pads the val set to whole device calls (padding ignored), so one executable serves it;
+  * throughput: the same executables on synthetic on-device data (model compute only, no host I/O).
+"""
+
+import copy
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from timm.utils import ModelEmaV3
+from torch import nn
+
+from ..config import ConfigError, model_kwargs
+from ..lit_module import NonFiniteLossError, finetune_modes, freeze_all_but_head
+from ..loggers import phase_logger
+from ..models import create_model
+from ..recipe import build_scheduler, param_groups
+from ..runner import Run
+
+INSTALL_HELP = (
+    "backend=ipu needs PopTorch, which is not importable here. PopTorch is not on PyPI: it ships inside Graphcore's "
+    "Poplar SDK. Enable the SDK (source <sdk>/enable) and install its wheel into this environment with "
+    "`pip install <sdk>/poptorch-*.whl`; each SDK release supports one torch version and a narrow Python range "
+    "(see its release notes; the last releases pair with torch 2.0.1), so use an environment built for it. "
+    "On CPUs and GPUs use backend=lightning (the default)."
+)
+OPTIMIZERS = ("rmsproptf", "rmsprop", "sgd", "nesterov", "momentum")  # timm names the recipe may use
+
+
+def import_poptorch():
+    try:
+        import poptorch
+    except ImportError as e:
+        raise ConfigError(f"{INSTALL_HELP} (import error: {e})") from None
+    return poptorch
+
+
+class IPURun(Run):
+    """One job on IPUs. Global batch per weight update = micro-batch x replication_factor x gradient_accumulation."""
+
+    def __init__(self, cfg: DictConfig, run_dir):
+        self.poptorch = import_poptorch()  # first: a missing SDK fails before data or models are built
+        super().__init__(cfg, run_dir)
+        _check_ipu(cfg)
+        ipu = cfg.ipu
+        self.half, self.world_size = ipu.half, ipu.replication_factor
+        self.num_ipus = 1 + max((int(p.ipu) for p in ipu.pipeline), default=0)  # per replica
+        self.plan.accelerator, self.plan.precision = "ipu", "16-true" if self.half else "32-true"
+        for key in ("batch_size", "finetune.batch_size"):  # divisibility errors now, not after an epoch
+            self.per_device_batch(key, OmegaConf.select(cfg, key))
+
+    def per_device_batch(self, key: str, global_batch: int) -> int:
+        ipu = self.cfg.ipu
+        split = ipu.replication_factor * ipu.gradient_accumulation
+        if global_batch % split:
+            raise ConfigError(f"{key}={global_batch} is the global batch per weight update = micro-batch x "
+                              f"ipu.replication_factor={ipu.replication_factor} x ipu.gradient_accumulation="
+                              f"{ipu.gradient_accumulation}; it must be a multiple of {split}")
+        return global_batch // split
+
+    # ---- PopTorch pieces ----------------------------------------------------------------------------------------
+    def options(self, training: bool, synthetic: bool = False):
+        pt, ipu = self.poptorch, self.cfg.ipu
+        opts = pt.Options()
+        opts.replicationFactor(ipu.replication_factor)
+        opts.deviceIterations(ipu.device_iterations)
+        opts.randomSeed(int(self.cfg.seed))
+        if training:
+            opts.Training.gradientAccumulation(ipu.gradient_accumulation)
+            # Mean over micro-batches and replicas: the LR does not depend on how the global batch is split.
+            opts.Training.accumulationAndReplicationReductionType(pt.ReductionType.Mean)
+            if self.half:  # fp16 weights have no fp32 master copy: round the updates without bias
+                opts.Precision.enableStochasticRounding(True)
+        if ipu.half_partials:
+            opts.Precision.setPartialsType(torch.float16)
+        if ipu.available_memory_proportion is not None:
+            amp = float(ipu.available_memory_proportion)
+            opts.setAvailableMemoryProportion({f"IPU{i}": amp for i in range(self.num_ipus)})
+        if ipu.executable_cache_dir:
+            opts.enableExecutableCaching(str(ipu.executable_cache_dir))
+        if synthetic:
+            opts.enableSyntheticData(True)
+        return opts
+
+    def _device_copy(self, model: nn.Module) -> nn.Module:
+        """What PopTorch compiles: a copy (fp16 with ipu.half) with the pipeline splits annotated."""
+        net = copy.deepcopy(model)
+        if self.half:
+            net.half()
+        for entry in self.cfg.ipu.pipeline:
+            parent, _, name = entry.layer.rpartition(".")
+            owner = net.get_submodule(parent) if parent else net
+            block = self.poptorch.BeginBlock(getattr(owner, name), user_id=entry.layer, ipu_id=int(entry.ipu))
+            setattr(owner, name, block)  # BeginBlock annotates in place; keep what it returns either way
+        return net
+
+    def _wrap(self, net: nn.Module) -> nn.Module:
+        return _OnDevice(net, self.data.mean, self.data.std, self.cfg.loss.label_smoothing, self.poptorch.identity_loss)
+
+    def _optimizer(self, net: nn.Module, ocfg, lr: float, alpha: float | None):
+        pt, name, wd = self.poptorch, ocfg.name, ocfg.weight_decay
+        groups, fp32, scale = param_groups(net, wd), torch.float32, float(self.cfg.ipu.loss_scaling)
+        if name in ("rmsproptf", "rmsprop"):
+            return pt.optim.RMSprop(groups, lr=lr, alpha=alpha, eps=ocfg.eps, weight_decay=wd, momentum=ocfg.momentum,
+                                    loss_scaling=scale, accum_type=fp32, first_order_momentum_accum_type=fp32,
+                                    second_order_momentum_accum_type=fp32, use_tf_variant=name == "rmsproptf")
+        nesterov = name in ("sgd", "nesterov") and bool(ocfg.momentum)  # timm's "sgd" is Nesterov SGD
+        return pt.optim.SGD(groups, lr=lr, momentum=ocfg.momentum, weight_decay=wd, nesterov=nesterov,
+                            loss_scaling=scale, accum_type=fp32, velocity_accum_type=fp32)
+
+    # ---- phases -------------------------------------------------------------------------------------------------
+    def _train(self, model, logger) -> dict:
+        cfg, plan = self.cfg, self.plan
+        micro = self.per_device_batch("batch_size", cfg.batch_size)
+        mixup = self.mixup(micro)
+        ema = None
+        if cfg.ema.enabled:
+            ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup).requires_grad_(False)
+        epochs, tput = self._fit(model, "train", logger, self.data.train_dataset(plan.train_res), micro, cfg.epochs,
+                                 cfg.optimizer, plan.lr, plan.rmsprop_alpha, cfg.scheduler, mixup, ema=ema)
+        summary = dict(epochs=epochs, per_device_batch=micro, world_size=self.world_size,
+                       train_throughput_pipeline=tput, accumulate_grad_batches=cfg.ipu.gradient_accumulation)
+        self._finish_phase("train", model, summary)
+        return summary
+
+    def _finetune(self, model, logger) -> dict:
+        cfg, plan, f = self.cfg, self.plan, self.cfg.finetune
+        micro = self.per_device_batch("finetune.batch_size", f.batch_size)
+        recal = (cfg.norm.name == "bn") if f.recalibrate_bn == "auto" else bool(f.recalibrate_bn)
+        dataset = self.data.train_dataset(plan.finetune_res, eval_transform=f.eval_transform)
+        epochs, _ = self._fit(model, "finetune", logger, dataset, micro, f.epochs, f.optimizer, plan.finetune_lr,
+                              f.optimizer.alpha, f.scheduler, self.mixup(micro, f.mixup),
+                              head=(recal, f.dropout) if f.layers == "head" else None)
+        summary = dict(epochs=epochs, per_device_batch=micro, recalibrate_bn=recal)
+        self._finish_phase("finetune", model, summary)
+        return summary
+
+    def _fit(self, model, phase, logger, dataset, micro, epochs, ocfg, lr, alpha, sched_cfg, mixup, ema=None,
+             head=None) -> tuple[int, float]:
+        """Train `model` in place (from the weight average if `ema`); returns (epochs done, pipeline img/s)."""
+        pt, ipu = self.poptorch, self.cfg.ipu
+        net = self._device_copy(model).train()
+        if head is not None:
+            freeze_all_but_head(net, head[0])
+            finetune_modes(net, *head)
+        opts = self.options(training=True)
+        loader = pt.DataLoader(opts, dataset, batch_size=micro, shuffle=True, drop_last=True,
+                               num_workers=self.cfg.data.num_workers)
+        calls = _limit(self.cfg.trainer.limit_train_batches, len(loader))
+        if calls < 1:
+            raise ConfigError(f"{phase}: {len(dataset)} images are fewer than one device call of {micro} x "
+                              f"{ipu.device_iterations} x {ipu.replication_factor} x {ipu.gradient_accumulation} "
+                              "(micro-batch x device_iterations x replication_factor x gradient_accumulation)")
+        optimizer = self._optimizer(net, ocfg, lr, alpha)
+        sched = build_scheduler(optimizer, sched_cfg, calls * ipu.device_iterations, epochs)
+        start = updates = 0
+        resume = self._resume_from(phase)
+        if resume:
+            state = torch.load(resume, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or state.get("backend") != "ipu":
+                raise ConfigError(f"ckpt_path: {resume} is not a backend=ipu checkpoint (Lightning checkpoints do "
+                                  "not hold the IPU optimizer state); resume it with backend=lightning")
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])  # PopTorch uploads it when the executable attaches
+            if ema is not None and state["ema"] is not None:
+                ema.module.load_state_dict(state["ema"])
+            start, updates = state["epoch"], state["updates"]
+            print(f"[g16net] resume: phase '{phase}' from {resume} (epoch {start})")
+        # Compiled on its first call; not built at all when a resumed phase has nothing left to do.
+        step = pt.trainingModel(self._wrap(net), opts, optimizer=optimizer) if start < epochs else None
+        dtype, lrs, images, seconds = (torch.float16 if self.half else torch.float32), None, 0, 0.0
+        for epoch in range(start, epochs):
+            last = time.perf_counter()
+            for i, (x, y) in enumerate(loader):
+                if i == calls:
+                    break
+                sched.step_update(num_updates=updates)  # timm schedulers count weight updates
+                if [g["lr"] for g in optimizer.param_groups] != lrs:
+                    lrs = [g["lr"] for g in optimizer.param_groups]
+                    step.setOptimizer(optimizer)
+                if mixup is not None:
+                    x, y = _mix(mixup, x, y, micro, dtype)
+                _, loss = step(x, y)
+                if not torch.isfinite(loss).all():
+                    raise NonFiniteLossError(f"non-finite training loss ({loss.float().mean().item()}) in phase "
+                                             f"'{phase}', epoch {epoch}, update {updates}; the last checkpoint is "
+                                             "kept. Lower the LR or raise/lower ipu.loss_scaling.")
+                updates += ipu.device_iterations
+                now = time.perf_counter()
+                # Steady state only: the first epoch when there are more, else all but the compiling first call.
+                if (epoch > start) if epochs - start > 1 else i > 0:
+                    images, seconds = images + len(x), seconds + now - last
+                last = now
+                if logger:
+                    logger.log_metrics({"train/loss": loss.float().mean().item(), "train/lr": lrs[0]}, step=updates)
+            step.copyWeightsToHost()
+            if ema is not None:
+                ema.update(net, step=epoch + 1)
+            self._save(phase, net, optimizer, ema, epoch + 1, updates)
+        if step is not None:
+            step.destroy()  # releases the IPUs for the inference executables
+        model.load_state_dict((ema.module if ema is not None else net).state_dict())
+        if logger:
+            logger.finalize("success")
+        return epochs, (images / seconds if seconds > 0 else float("nan"))
+
+    def _save(self, phase, net, optimizer, ema, epoch, updates):
+        """checkpoints/<phase>/last.ckpt, where Run._resume_from and error.json look for the last good state."""
+        path = self.ckpt_dir / phase / "last.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = dict(backend="ipu", epoch=epoch, updates=updates, model=net.state_dict(),
+                     optimizer=optimizer.state_dict(), ema=ema.module.state_dict() if ema is not None else None)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def evaluate(self, model, tag: str) -> list[dict]:
+        rows = []
+        with phase_logger(self.cfg, self.run_dir, tag) as logger:
+            for res in self.plan.test_res:
+                rows.append({"resolution": res, **self._eval_at(model, res)})
+            if logger:
+                logger.log_metrics({f"val/{k}@{r['resolution']}": r[k] for r in rows for k in r if k != "resolution"})
+                logger.finalize("success")
+        return rows
+
+    def _eval_at(self, model, res: int) -> dict:
+        pt, cfg, ipu = self.poptorch, self.cfg, self.cfg.ipu
+        opts, micro = self.options(training=False), cfg.eval_batch_size
+        per_call = micro * ipu.device_iterations * ipu.replication_factor
+        ds = self.data.val_dataset(res)
+        n = min(len(ds), _limit(cfg.trainer.limit_val_batches, math.ceil(len(ds) / per_call)) * per_call)
+        if n < 1:
+            raise ConfigError(f"nothing to evaluate at {res} px (trainer.limit_val_batches="
+                              f"{cfg.trainer.limit_val_batches}, {len(ds)} images)")
+        loader = pt.DataLoader(opts, _Padded(ds, n, per_call), batch_size=micro, shuffle=False, drop_last=False,
+                               num_workers=cfg.data.num_workers)
+        infer = pt.inferenceModel(self._wrap(self._device_copy(model)).eval(), opts)
+        k, top1, top5, loss = min(5, self.plan.num_classes), 0, 0, 0.0
+        for x, y in loader:
+            logits = infer(x).float()
+            keep = y >= 0
+            logits, y = logits[keep], y[keep]
+            top = logits.topk(k, dim=1).indices
+            top1 += (top[:, 0] == y).sum().item()
+            top5 += (top == y[:, None]).any(1).sum().item()
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+        infer.destroy()
+        return dict(top1=100.0 * top1 / n, top5=100.0 * top5 / n, loss=loss / n)
+
+    def throughput(self, num_classes: int, batch: int) -> tuple[float, dict[int, float], dict]:
+        """img/s of all replicas together, compiled executables on synthetic on-device data (host I/O off)."""
+        t, ipu = self.cfg.throughput, self.cfg.ipu
+        micro = t.batch_size or batch
+        proto = dict(batch_size=micro, warmup_steps=t.warmup, timed_steps=t.steps,
+                     precision="fp16" if self.half else "fp32", channels_last=False, compile=True, device="ipu",
+                     replication_factor=ipu.replication_factor, device_iterations=ipu.device_iterations,
+                     gradient_accumulation=ipu.gradient_accumulation, ipus_per_replica=self.num_ipus,
+                     synthetic_data=True, device_name=f"Graphcore IPU ({ipu.replication_factor} replica(s) x "
+                                                      f"{self.num_ipus} IPU(s))")
+        if not t.enabled:
+            return float("nan"), {r: float("nan") for r in self.plan.test_res}, proto
+        model = create_model(**model_kwargs(self.cfg, num_classes))
+        train = self._timed(model, self.plan.train_res, micro, training=True)
+        return train, {r: self._timed(model, r, micro, training=False) for r in self.plan.test_res}, proto
+
+    def _timed(self, model, res: int, micro: int, training: bool) -> float:
+        pt, t, ipu = self.poptorch, self.cfg.throughput, self.cfg.ipu
+        opts = self.options(training, synthetic=True)
+        net = self._device_copy(model)
+        accumulation = ipu.gradient_accumulation if training else 1
+        per_call = micro * ipu.device_iterations * ipu.replication_factor * accumulation
+        args = (torch.zeros(per_call, 3, res, res, dtype=torch.uint8),)
+        if training:
+            opt = self._optimizer(net, self.cfg.optimizer, self.plan.lr, self.plan.rmsprop_alpha)
+            run, args = pt.trainingModel(self._wrap(net), opts, optimizer=opt), (*args, torch.zeros(per_call).long())
+        else:
+            run = pt.inferenceModel(self._wrap(net).eval(), opts)
+        for _ in range(max(1, t.warmup)):  # the first call compiles
+            run(*args)
+        start = time.perf_counter()
+        for _ in range(t.steps):
+            run(*args)
+        seconds = time.perf_counter() - start
+        run.destroy()
+        return per_call * t.steps / seconds if seconds > 0 else float("nan")
+
+
+class _OnDevice(nn.Module):
+    """What runs on the IPU: uint8 (or host-mixed) images -> normalized input, the model, and with targets the loss
+    (label smoothing written out with basic ops; soft Mixup targets already carry it)."""
+
+    def __init__(self, model: nn.Module, mean, std, label_smoothing: float, identity_loss):
+        super().__init__()
+        self.model, self.label_smoothing, self.identity_loss = model, label_smoothing, identity_loss
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+        self.dtype = next(model.parameters()).dtype
+
+    def forward(self, x, target=None):
+        logits = self.model(((x.float() - self.mean) / self.std).to(self.dtype)).float()  # loss in fp32
+        if target is None:
+            return logits
+        logp = F.log_softmax(logits, dim=1)
+        if target.dim() == 2:
+            loss = -(target * logp).sum(1).mean()
+        else:
+            eps = self.label_smoothing
+            loss = (1.0 - eps) * F.nll_loss(logp, target) - eps * logp.mean()
+        return logits, self.identity_loss(loss, reduction="mean")
+
+
+class _Padded(torch.utils.data.Dataset):
+    """The first `n` items, padded with label -1 (ignored) to a multiple of `multiple`: a smaller last batch would
+    need a second compilation."""
+
+    def __init__(self, ds, n: int, multiple: int):
+        self.ds, self.n, self.len = ds, n, math.ceil(n / multiple) * multiple
+
+    def __len__(self):
+        return self.len
+
+    def __getitem__(self, i):
+        return self.ds[i] if i < self.n else (self.ds[0][0], -1)
+
+
+def _check_ipu(cfg: DictConfig):
+    ipu = cfg.ipu
+    for key in ("replication_factor", "device_iterations", "gradient_accumulation"):
+        if not isinstance(ipu[key], int) or isinstance(ipu[key], bool) or ipu[key] < 1:
+            raise ConfigError(f"ipu.{key}={ipu[key]!r} must be an integer >= 1")
+    for key in ("half", "half_partials"):
+        if not isinstance(ipu[key], bool):
+            raise ConfigError(f"ipu.{key}={ipu[key]!r} must be true or false")
+    amp, scale = ipu.available_memory_proportion, ipu.loss_scaling
+    if amp is not None and (isinstance(amp, bool) or not isinstance(amp, (int, float)) or not 0 < amp <= 1):
+        raise ConfigError(f"ipu.available_memory_proportion={amp!r} must be null (PopTorch's default) or in (0, 1]")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        raise ConfigError(f"ipu.loss_scaling={scale!r} must be a number > 0 (1 = off)")
+    if cfg.trainer.accumulate_grad_batches != 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches} is Lightning's; "
+                          "with backend=ipu set ipu.gradient_accumulation and leave it at 1")
+    if cfg.ema.enabled and cfg.ema.every != "epoch":
+        raise ConfigError(f"ema.every={cfg.ema.every!r} is not supported with backend=ipu: the weights live on the "
+                          "IPU and copying them to the host every step would stall training; use ema.every=epoch")
+    for key in ("optimizer.name", "finetune.optimizer.name"):
+        if OmegaConf.select(cfg, key) not in OPTIMIZERS:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} has no PopTorch mapping with backend=ipu; "
+                              f"allowed: {', '.join(OPTIMIZERS)}")
+    with torch.device("meta"):  # layer names are checked on a weightless copy
+        names = dict(create_model(**model_kwargs(cfg, num_classes=10)).named_modules())
+    top = ", ".join(n for n in names if n and "." not in n)
+    seen = set()
+    for i, entry in enumerate(ipu.pipeline):
+        layer = entry.get("layer") if isinstance(entry, DictConfig) else None
+        dev = entry.get("ipu") if isinstance(entry, DictConfig) else None
+        if not layer or layer not in names or layer in seen:
+            raise ConfigError(f"ipu.pipeline[{i}]={entry!r}: layer must name a distinct submodule of the model "
+                              f"(dotted, e.g. blocks.3 = stage 3, blocks.3.0, conv_head); top-level: {top}")
+        if isinstance(dev, bool) or not isinstance(dev, int) or dev < 0:
+            raise ConfigError(f"ipu.pipeline[{i}].ipu={dev!r} must be an IPU index >= 0 (layers before the first "
+                              "split run on IPU 0)")
+        seen.add(layer)
+
+
+def _mix(mixup, x, y, micro: int, dtype):
+    """timm Mixup/CutMix on the host, one draw per micro-batch (Lightning draws one per device batch)."""
+    xs, ys = zip(*(mixup(a, b) for a, b in zip(x.float().split(micro), y.split(micro))))
+    return torch.cat(xs).to(dtype), torch.cat(ys)
+
+
+def _limit(limit, n: int) -> int:
+    """Lightning's limit_*_batches applied to device calls: null = all, int = that many, float = that fraction."""
+    if limit is None:
+        return n
+    return min(n, int(n * limit) if isinstance(limit, float) else int(limit))

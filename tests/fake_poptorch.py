@@ -1,0 +1,228 @@
+"""A stand-in for `poptorch` (Graphcore's PopTorch, only shipped inside the Poplar SDK) for wiring tests.
+
+It mirrors the signatures of the PopTorch API the IPU backend calls (Options and its Training/Precision
+sub-options, DataLoader, trainingModel/inferenceModel executors, BeginBlock, identity_loss, optim.RMSprop/SGD),
+records every call in `CALLS`, and runs the model eagerly on the CPU so a tiny job completes. It says nothing
+about IPU numerics, compilation or speed: a training call is forward/backward per micro-batch and one plain torch
+optimizer step per device iteration (no loss scaling, no TF-style RMSprop, no stochastic rounding).
+"""
+
+import enum
+import types
+
+import torch
+from torch import nn
+
+CALLS: list[tuple[str, dict]] = []
+
+
+def reset():
+    CALLS.clear()
+
+
+def calls(name: str) -> list[dict]:
+    return [kw for n, kw in CALLS if n == name]
+
+
+def _record(name: str, **kw):
+    CALLS.append((name, kw))
+
+
+class ReductionType(enum.IntEnum):
+    Sum = 0
+    Mean = 1
+    NoReduction = 2
+
+
+class _Training:
+    def __init__(self):
+        self.gradient_accumulation = 1
+
+    def gradientAccumulation(self, gradient_accumulation: int):
+        _record("Training.gradientAccumulation", gradient_accumulation=gradient_accumulation)
+        self.gradient_accumulation = gradient_accumulation
+        return self
+
+    def accumulationAndReplicationReductionType(self, reduction_type):
+        if not isinstance(reduction_type, ReductionType) or reduction_type == ReductionType.NoReduction:
+            raise ValueError("accumulationAndReplicationReductionType must be ReductionType.Mean or Sum")
+        _record("Training.accumulationAndReplicationReductionType", reduction_type=reduction_type)
+        return self
+
+
+class _Precision:
+    def enableStochasticRounding(self, enabled: bool):
+        _record("Precision.enableStochasticRounding", enabled=enabled)
+        return self
+
+    def setPartialsType(self, dtype):
+        if dtype not in (torch.float, torch.float32, torch.half, torch.float16):
+            raise ValueError("parameter to setPartialsType should be either torch.float or torch.half")
+        _record("Precision.setPartialsType", dtype=dtype)
+        return self
+
+
+class Options:
+    def __init__(self):
+        self.replication_factor, self.device_iterations, self.random_seed = 1, 1, None
+        self.available_memory_proportion, self.synthetic_data, self.cache_path = {}, False, None
+        self.Training, self.Precision = _Training(), _Precision()
+        _record("Options", options=self)
+
+    def replicationFactor(self, replication_factor: int):
+        _record("Options.replicationFactor", replication_factor=replication_factor)
+        self.replication_factor = replication_factor
+        return self
+
+    def deviceIterations(self, device_iterations: int):
+        _record("Options.deviceIterations", device_iterations=device_iterations)
+        self.device_iterations = device_iterations
+        return self
+
+    def randomSeed(self, random_seed: int):
+        assert isinstance(random_seed, int)
+        torch.manual_seed(random_seed)  # as PopTorch does: it seeds the host too
+        _record("Options.randomSeed", random_seed=random_seed)
+        self.random_seed = random_seed
+        return self
+
+    def setAvailableMemoryProportion(self, available_memory_proportion: dict):
+        assert all(k.startswith("IPU") for k in available_memory_proportion), available_memory_proportion
+        _record("Options.setAvailableMemoryProportion", available_memory_proportion=available_memory_proportion)
+        self.available_memory_proportion = {int(k[3:]): v for k, v in available_memory_proportion.items()}
+        return self
+
+    def enableExecutableCaching(self, path: str):
+        _record("Options.enableExecutableCaching", path=path)
+        self.cache_path = path
+        return self
+
+    def enableSyntheticData(self, enabled: bool):
+        _record("Options.enableSyntheticData", enabled=enabled)
+        self.synthetic_data = enabled
+        return self
+
+
+class DataLoader(torch.utils.data.DataLoader):
+    """As PopTorch's: `batch_size` is the micro-batch; each element holds a whole device call."""
+
+    def __init__(self, options, dataset, batch_size=1, shuffle=False, num_workers=0, drop_last=True,
+                 persistent_workers=None, auto_distributed_partitioning=True, mode=None, async_options=None,
+                 rebatched_worker_size=None, **kwargs):
+        assert isinstance(options, Options)
+        combined = (batch_size * options.device_iterations * options.replication_factor
+                    * options.Training.gradient_accumulation)
+        _record("DataLoader", options=options, dataset=dataset, batch_size=batch_size, combined=combined,
+                shuffle=shuffle, drop_last=drop_last, num_workers=num_workers)
+        if persistent_workers is None:
+            persistent_workers = num_workers > 0
+        super().__init__(dataset, batch_size=combined, shuffle=shuffle, num_workers=num_workers,
+                         drop_last=drop_last, persistent_workers=persistent_workers, **kwargs)
+
+
+def identity_loss(x, reduction):
+    assert reduction in ("sum", "mean", "none"), "Unsupported reduction type!"
+    _record("identity_loss", reduction=reduction, shape=tuple(x.shape))
+    return x.sum() if reduction == "sum" else x.mean() if reduction == "mean" else x
+
+
+def BeginBlock(layer_to_call, user_id=None, ipu_id=None):
+    assert isinstance(layer_to_call, nn.Module)
+    _record("BeginBlock", layer=layer_to_call, user_id=user_id, ipu_id=ipu_id)
+    return layer_to_call
+
+
+class PoplarExecutor:
+    """Runs the wrapped model eagerly; checks the batch splits into the configured device calls."""
+
+    def __init__(self, model, options, training, optimizer=None):
+        self.model, self.options, self.training, self.optimizer = model, options or Options(), training, optimizer
+        self.destroyed = False
+
+    def setOptimizer(self, optimizer):
+        _record("setOptimizer", lr=[g["lr"] for g in optimizer.param_groups])
+        self.optimizer = optimizer
+
+    def copyWeightsToHost(self):
+        _record("copyWeightsToHost")
+
+    def destroy(self):
+        _record("destroy", training=self.training)
+        self.destroyed = True
+
+    def __call__(self, *args):
+        assert not self.destroyed, "executor used after destroy()"
+        o = self.options
+        micro_per_iteration = o.replication_factor * (o.Training.gradient_accumulation if self.training else 1)
+        split = o.device_iterations * micro_per_iteration
+        n = len(args[0])
+        assert n % split == 0, f"batch of {n} does not split into {split} micro-batches"
+        _record("call", training=self.training, batch=n, dtype=args[0].dtype)
+        if not self.training:
+            with torch.no_grad():
+                return self.model(*args)
+        micro = n // split
+        chunks = [tuple(a[i:i + micro] for a in args) for i in range(0, n, micro)]
+        for it in range(o.device_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for chunk in chunks[it * micro_per_iteration:(it + 1) * micro_per_iteration]:
+                out, loss = self.model(*chunk)
+                (loss / micro_per_iteration).backward()  # ReductionType.Mean over replicas and accumulation
+            self.optimizer.step()
+        return out.detach(), loss.detach()
+
+
+def _param_summary(model):
+    params = list(model.parameters())
+    return dict(dtypes={p.dtype for p in params}, trainable=sum(p.numel() for p in params if p.requires_grad),
+                total=sum(p.numel() for p in params))
+
+
+def trainingModel(model, options=None, optimizer=None):
+    assert optimizer is not None
+    _record("trainingModel", model=model, options=options, optimizer=optimizer, **_param_summary(model))
+    return PoplarExecutor(model, options, True, optimizer)
+
+
+def inferenceModel(model, options=None):
+    assert options is None or options.Training.gradient_accumulation == 1, \
+        "Gradient accumulation should be left to its default value (1) for inference"
+    _record("inferenceModel", model=model, options=options, training_mode=model.training, **_param_summary(model))
+    return PoplarExecutor(model, options, False)
+
+
+class _Optim:
+    @staticmethod
+    def _check_types(*dtypes):
+        assert all(t in (torch.float16, torch.float32) for t in dtypes if t is not None), \
+            "Accumulation types must be either torch.float32 or torch.float16"
+
+
+class _RMSprop(torch.optim.RMSprop, _Optim):
+    def __init__(self, params, lr=None, alpha=None, eps=None, weight_decay=None, momentum=None, centered=None,
+                 foreach=None, maximize=None, differentiable=None, loss_scaling=None, accum_type=None,
+                 first_order_momentum_accum_type=None, second_order_momentum_accum_type=None, use_tf_variant=None):
+        parent = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+                      foreach=foreach, maximize=maximize, differentiable=differentiable)
+        super().__init__(params, **{k: v for k, v in parent.items() if v is not None})  # PopTorch drops Nones too
+        self._check_types(accum_type, first_order_momentum_accum_type, second_order_momentum_accum_type)
+        self.loss_scaling = 1.0 if loss_scaling is None else loss_scaling
+        self.use_tf_variant = bool(use_tf_variant)
+        self.accum_types = (accum_type, first_order_momentum_accum_type, second_order_momentum_accum_type)
+        _record("optim.RMSprop", **parent, loss_scaling=loss_scaling, use_tf_variant=use_tf_variant,
+                accum_types=self.accum_types)
+
+
+class _SGD(torch.optim.SGD, _Optim):
+    def __init__(self, params, lr, momentum=None, dampening=None, weight_decay=None, nesterov=None, maximize=None,
+                 foreach=None, differentiable=None, loss_scaling=None, velocity_scaling=None, use_combined_accum=None,
+                 accum_type=None, velocity_accum_type=None, max_grad_norm=None):
+        parent = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                      maximize=maximize, foreach=foreach, differentiable=differentiable)
+        super().__init__(params, **{k: v for k, v in parent.items() if v is not None})
+        self._check_types(accum_type, velocity_accum_type)
+        self.loss_scaling = 1.0 if loss_scaling is None else loss_scaling
+        _record("optim.SGD", **parent, loss_scaling=loss_scaling, accum_types=(accum_type, velocity_accum_type))
+
+
+optim = types.SimpleNamespace(RMSprop=_RMSprop, SGD=_SGD)  # `poptorch.optim`
