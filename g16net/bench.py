@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="measure every model this many times, interleaved, and report the median (CPU clocks drift)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     args = p.parse_args(argv)
@@ -65,6 +67,8 @@ def parse_args(argv=None):
     for name in args.models + args.peers:
         if not timm.is_model(name):
             p.error(f"unknown model {name!r}; ours: {', '.join(timm.list_models('g*_efficientnet_*'))}")
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     if min(args.res) < 32:
         p.error(f"--res values must be >= 32 (EfficientNet downsamples 32x), got {args.res}")
     return args
@@ -98,15 +102,19 @@ def run(args) -> list[dict]:
     models = [(label, norm, build()) for label, norm, build in _candidates(args)]
     for res, mode, prec, layout, comp in itertools.product(args.res, args.modes, args.precision, args.layout,
                                                            args.compile):
-        key = (res, mode, prec, layout, comp)
-        for label, norm, model in models:
-            t = measure_throughput(model, res, args.batch, mode, args.warmup, args.steps, prec, layout == "nhwc",
-                                   bool(comp), device)
-            base.setdefault(key, t.img_per_s)
+        samples = [[] for _ in models]
+        for _ in range(args.repeats):
+            for i, (_, _, model) in enumerate(models):
+                samples[i].append(measure_throughput(model, res, args.batch, mode, args.warmup, args.steps, prec,
+                                                     layout == "nhwc", bool(comp), device))
+        for (label, norm, model), runs in zip(models, samples):
+            t = sorted(runs, key=lambda m: m.img_per_s)[len(runs) // 2]
+            base.setdefault((res, mode, prec, layout, comp), t.img_per_s)
             row = dict(model=label, norm=norm, res=res, mode=mode, prec=prec, layout=layout, comp=comp,
                        params_M=count_params(model) / 1e6, GMACs=forward_macs(model, res) / 1e9,
-                       **{"img/s": t.img_per_s, "ratio": t.img_per_s / base[key], "act_MB": t.activation_mb,
-                          "peak_MB": t.peak_mem_mb}, batch=args.batch, device=device)
+                       **{"img/s": t.img_per_s, "ratio": t.img_per_s / base[(res, mode, prec, layout, comp)],
+                          "act_MB": t.activation_mb, "peak_MB": t.peak_mem_mb},
+                       batch=args.batch, repeats=args.repeats, device=device)
             rows.append(row)
             print(_fmt_row([row[c] for c in cols]), flush=True)
     if args.csv:
@@ -121,11 +129,12 @@ def _header(device, args) -> str:
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
     return (f"# device={device} ({name}), torch {torch.__version__}, timm {timm.__version__}, "
             f"threads={torch.get_num_threads()}, batch={args.batch}, warmup={args.warmup}, steps={args.steps}, "
-            f"ratio = img/s / {args.peers[0] if args.peers else 'first row'} at the same settings")
+            f"median of {args.repeats} interleaved repeats; ratio = img/s / "
+            f"{args.peers[0] if args.peers else 'first row'} at the same settings")
 
 
 def _fmt_row(values) -> str:
-    widths = (30, 6, 4, 5, 5, 6, 4, 8, 6, 8, 6, 8, 8)
+    widths = (32, 6, 4, 5, 5, 6, 4, 8, 6, 8, 6, 8, 8)
     out = []
     for v, w in zip(values, widths):
         s = "-" if v is None else f"{v:.3f}" if isinstance(v, float) and w <= 6 else f"{v:.1f}" if isinstance(

@@ -32,3 +32,23 @@ class PipelineThroughput(pl.Callback):
         steady = self.epochs[1:] or self.epochs
         seconds = sum(s for _, s in steady)
         return sum(n for n, _ in steady) / seconds if seconds > 0 else float("nan")
+
+
+class EvalPipelineThroughput(pl.Callback):
+    """Evaluation img/s per validation dataloader (one per test resolution), data pipeline included: the
+    span from the first batch's start to the last batch's end, so worker start-up is left out."""
+
+    def __init__(self):
+        self.spans: dict[int, list] = {}  # dataloader index -> [images, first start, last end]
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.spans.setdefault(dataloader_idx, [0, time.perf_counter(), 0.0])
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        span = self.spans[dataloader_idx]
+        span[0] += len(batch[1])
+        span[2] = time.perf_counter()
+
+    def img_per_s(self, dataloader_idx: int) -> float:
+        images, start, end = self.spans.get(dataloader_idx, (0, 0.0, 0.0))
+        return images / (end - start) if end > start else float("nan")

@@ -144,7 +144,7 @@ def rows_for_run(run_dir: Path) -> tuple[list[dict], str | None]:
             "loss": e.get("loss"), "top1_before_finetune": pre.get("top1"),
             "top5_before_finetune": pre.get("top5"), "throughput_batch_size": protocol.get("batch_size"),
             "finetune_resolution": m.get("finetune_resolution"), "version": m.get("version"),
-            "schema": m.get("schema"),
+            "schema": m.get("schema"), "infer_throughput_pipeline": e.get("infer_throughput_pipeline"),
         })
     return rows, None
 

@@ -18,7 +18,7 @@ COLUMNS = [
 ]
 EXTRA_COLUMNS = [
     "name", "model_name", "num_classes", "loss", "top1_before_finetune", "top5_before_finetune",
-    "throughput_batch_size", "finetune_resolution", "version", "schema",
+    "throughput_batch_size", "finetune_resolution", "version", "schema", "infer_throughput_pipeline",
 ]
 ALL_COLUMNS = COLUMNS + EXTRA_COLUMNS
 
@@ -29,6 +29,7 @@ INT_COLUMNS = {
 FLOAT_COLUMNS = {
     "top1", "top5", "train_macs", "test_macs", "train_throughput", "train_throughput_pipeline",
     "infer_throughput", "wall_time_s", "loss", "top1_before_finetune", "top5_before_finetune",
+    "infer_throughput_pipeline",
 }
 BOOL_COLUMNS = {"finetuned", "headline"}
 

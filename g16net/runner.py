@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from . import __version__
-from .callbacks import PipelineThroughput
+from .callbacks import EvalPipelineThroughput, PipelineThroughput
 from .config import ConfigError, RunPlan, check_config, model_kwargs, plan_run
 from .data import build_data
 from .efficiency import count_params, forward_macs, measure_throughput
@@ -178,9 +178,11 @@ class Run:
         res = self.plan.test_res
         lit.set_eval_resolutions(res, self.plan.num_classes)
         loaders = [self.loader(self.data.val_dataset(r), self.cfg.eval_batch_size, False) for r in res]
+        timer = EvalPipelineThroughput()
         with phase_logger(self.cfg, self.run_dir, tag) as logger:
-            self.trainer(tag, logger=logger).validate(lit, dataloaders=loaders, verbose=False)
-        return [{"resolution": r, **lit.eval_results[r]} for r in res]
+            self.trainer(tag, callbacks=[timer], logger=logger).validate(lit, dataloaders=loaders, verbose=False)
+        return [{"resolution": r, **lit.eval_results[r],
+                 "infer_throughput_pipeline": timer.img_per_s(i) * self.world_size} for i, r in enumerate(res)]
 
     def throughput(self, num_classes: int, batch: int) -> tuple[float, dict[int, float], dict]:
         """Model compute on a fresh copy of the architecture (weights do not change speed), fixed protocol."""

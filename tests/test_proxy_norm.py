@@ -137,3 +137,15 @@ def test_bad_arguments():
         ProxyNormAct2d(0)
     with pytest.raises(ValueError, match="divisible by num_groups"):
         GroupNormProxyAct2d(6, num_groups=4)
+
+
+def test_inference_reuses_statistics_until_a_parameter_changes():
+    pn = ProxyNormAct2d(3)
+    with torch.no_grad():
+        first = pn.proxy_stats()
+        assert pn.proxy_stats()[0] is first[0]  # reused
+        pn.proxy_bias.add_(0.5)  # what an optimizer step does
+        moved = pn.proxy_stats()
+    assert moved[0] is not first[0] and not torch.allclose(moved[0], first[0])
+    assert torch.equal(moved[0], pn.proxy_stats()[0].detach())  # grad mode recomputes, same values
+    assert pn.proxy_stats()[0].requires_grad  # and keeps the graph for the parameters' gradients

@@ -185,6 +185,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     (["data=imagefolder", "data.root=/nonexistent/data", "data.native_resolution=64", "data.half_resolution=32"],
      "/nonexistent/data"),
     (["augment.mixup_alpha=-1"], "augment.mixup_alpha=-1"),
+    (["data.test_resolutions=[0]"], r"data.test_resolutions=\[0\] is invalid"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' is not a file"),
 ])
 def test_bad_config_fails_before_training(tmp_path, overrides, message):

@@ -14,7 +14,7 @@ DEFAULTS = dict(
     name="synthetic", root=None, num_classes=None, native_resolution=None, half_resolution=None,
     split_fraction=None, split_seed=0, download=False, crop_pct=0.875, train_scale=(0.05, 1.0),
     train_ratio=(3 / 4, 4 / 3), hflip=True, interpolation="bicubic", mean=None, std=None,
-    verify_images="auto", num_workers=4,
+    verify_images="auto", num_workers=4, test_resolutions=None,
     synthetic=dict(train_size=4000, val_size=1000, seed=0),
 )
 SYNTHETIC_DEFAULTS = DEFAULTS["synthetic"]
@@ -126,6 +126,10 @@ def validate(cfg) -> dict:
     c["std"] = _triple("std", c["std"], positive=True)
     if c["verify_images"] not in (True, False, "auto"):
         raise _err("verify_images", c["verify_images"], "true, false or auto (verify when <= 20000 files)")
+    tests = c["test_resolutions"]
+    if tests is not None and not (isinstance(tests, (list, tuple)) and tests
+                                  and all(_is_int(r) and r > 0 for r in tests)):
+        raise _err("test_resolutions", tests, "null (train, native and native + 32) or a list of positive pixels")
     if not _is_int(c["num_workers"]) or c["num_workers"] < 0:
         raise _err("num_workers", c["num_workers"], "an integer >= 0")
     for key in ("train_size", "val_size"):

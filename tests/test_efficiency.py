@@ -1,0 +1,69 @@
+"""Parameter/MAC counting, the throughput protocol and the `python -m g16net.bench` command, on tiny inputs.
+Speed itself is measured by the bench, never asserted."""
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+import g16net
+from g16net import bench
+from g16net.efficiency import count_params, forward_macs, measure_throughput, saved_activation_bytes
+
+
+def test_grouped_conv_macs_count_per_group():
+    conv = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=2, bias=False))
+    assert forward_macs(conv, 8, in_chans=32) == 32 * 16 * 9 * 8 * 8  # out ch x in ch per group x k^2 x output pixels
+    assert count_params(conv) == 32 * 16 * 9
+
+
+def test_throughput_protocol_leaves_the_model_untouched():
+    model = g16net.create_model(norm="ln_pn", num_classes=5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train = measure_throughput(model, 32, batch_size=2, mode="train", warmup=1, steps=1)
+    infer = measure_throughput(model, 32, batch_size=2, mode="infer", warmup=1, steps=1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert train.img_per_s > 0 and infer.img_per_s > 0 and train.activation_mb > 0 and infer.activation_mb == 0
+    assert train.peak_mem_mb is None  # CPU: no allocator statistics, reported as such rather than invented
+    with pytest.raises(ValueError, match="mode='eval'; allowed: train, infer"):
+        measure_throughput(model, 32, 2, mode="eval")
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        measure_throughput(model, 32, 2, precision="fp8")
+
+
+def test_g16_keeps_fewer_activations_than_depthwise_g1():
+    """The paper's memory argument: expansion 4 instead of 6 shrinks what backward must keep."""
+    x = torch.randn(2, 3, 64, 64)
+    g16 = saved_activation_bytes(g16net.create_model("b0", 16, 4, "bn").train(), x)
+    g1 = saved_activation_bytes(g16net.create_model("b0", 1, 6, "bn").train(), x)
+    assert g16 < 0.85 * g1
+
+
+def test_bench_cli_prints_and_writes_rows(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    rc = bench.main(["--norms", "ln,ln_pn", "--pn-impl", "fused,reference", "--peers", "efficientnet_b0",
+                     "--res", "32", "--batch", "2", "--warmup", "1", "--steps", "1", "--repeats", "1",
+                     "--num-classes", "10", "--csv", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "ratio = img/s / efficientnet_b0" in printed and "[reference]" in printed
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 * 4  # (peer, ln, ln_pn fused, ln_pn reference) x (train, infer)
+    assert {r["norm"] for r in rows} == {"-", "ln", "ln_pn"}
+    peer = [r for r in rows if r["model"] == "efficientnet_b0"]
+    assert all(float(r["ratio"]) == 1.0 for r in peer)
+    ours = [r for r in rows if r["norm"] == "ln_pn"]
+    assert all(float(r["GMACs"]) > float(peer[0]["GMACs"]) for r in ours)  # G16 costs more MACs than G1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--norms", "batchnorm"], "--norms: unknown ['batchnorm']; allowed: bn, gn, ln, ln_pn, gn_pn"),
+    (["--models", "resnet9000"], "unknown model 'resnet9000'"),
+    (["--res", "16"], "--res values must be >= 32"),
+    (["--precision", "fp64"], "--precision: unknown ['fp64']"),
+])
+def test_bench_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert message in capsys.readouterr().err
