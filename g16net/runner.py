@@ -122,11 +122,18 @@ class Run:
         return mixup
 
     def train(self, model) -> dict:
-        done = self._done_phase("train", model)
+        return self._phase("train", model, self._train)
+
+    def finetune(self, model) -> dict:
+        return self._phase("finetune", model, self._finetune)
+
+    def _phase(self, phase: str, model, fit) -> dict:
+        """Skip a phase a resumed run already finished; else run it with its own logger."""
+        done = self._done_phase(phase, model)
         if done is not None:
             return done
-        with phase_logger(self.cfg, self.run_dir, "train") as logger:
-            return self._train(model, logger)
+        with phase_logger(self.cfg, self.run_dir, phase) as logger:
+            return fit(model, logger)
 
     def _train(self, model, logger) -> dict:
         cfg, plan = self.cfg, self.plan
@@ -147,13 +154,6 @@ class Run:
                        train_throughput_pipeline=tput.img_per_s * self.world_size)
         self._finish_phase("train", model, summary)
         return summary
-
-    def finetune(self, model) -> dict:
-        done = self._done_phase("finetune", model)
-        if done is not None:
-            return done
-        with phase_logger(self.cfg, self.run_dir, "finetune") as logger:
-            return self._finetune(model, logger)
 
     def _finetune(self, model, logger) -> dict:
         cfg, plan, f = self.cfg, self.plan, self.cfg.finetune

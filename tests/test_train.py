@@ -214,3 +214,20 @@ def test_corrupt_image_is_named_before_training(tmp_path):
     with pytest.raises(ValueError, match="3.png"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_compiled_model_checkpoints_load_into_a_plain_model():
+    model = g16net.create_model(norm="ln_pn", num_classes=10)
+    lit = LitClassifier(model, mean=(0.5,) * 3, std=(0.25,) * 3, compile=True)  # compiles lazily, on first call
+    keys = list(lit.state_dict())
+    assert keys and not any("_orig_mod" in k for k in keys)
+    plain = g16net.create_model(norm="ln_pn", num_classes=10)
+    plain.load_state_dict({k.removeprefix("model."): v for k, v in lit.state_dict().items()})
+
+
+@pytest.mark.slow
+def test_compiled_smoke_run(tmp_path):
+    run_cli([*TINY, "compile=true", f"hydra.run.dir={tmp_path}"])
+    m = _metrics(tmp_path)
+    _assert_contract(m)
+    assert m["throughput_protocol"]["compile"] is True

@@ -145,10 +145,7 @@ class ImageFolderSource(DataSource):
         return ImageFiles(self.splits["val"], self.class_names, self._transform(resolution, False))
 
     def _transform(self, resolution: int, train: bool):
-        res, c = self._check_resolution(resolution), self._c
-        if train:
-            return transforms.train_transform(res, c["train_scale"], c["train_ratio"], c["hflip"], c["interpolation"])
-        return transforms.eval_transform(res, c["crop_pct"], c["interpolation"])
+        return transforms.for_config(self._c, self._check_resolution(resolution), train)
 
     def verify(self) -> None:
         for split in ("train", "val"):

@@ -24,3 +24,10 @@ def eval_transform(size: int, crop_pct: float, interpolation: str) -> v2.Compose
         v2.Resize(math.floor(size / crop_pct), interpolation=interpolation_mode(interpolation), antialias=True),
         v2.CenterCrop(size), v2.PILToTensor(),
     ])
+
+
+def for_config(c: dict, size: int, train: bool) -> v2.Compose:
+    """The train (Inception crop + flip) or eval (resize + centre crop) transform the `data` config asks for."""
+    if train:
+        return train_transform(size, c["train_scale"], c["train_ratio"], c["hflip"], c["interpolation"])
+    return eval_transform(size, c["crop_pct"], c["interpolation"])

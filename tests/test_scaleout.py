@@ -1,0 +1,75 @@
+"""Scale-out on the existing engines: Lightning DDP (2 CPU processes, gloo), Hydra's submitit launchers, SLURM
+requeue-resume, and W&B offline logging, each through the real command line."""
+
+import json
+
+import pytest
+from hydra.utils import instantiate
+
+from .conftest import ROOT, TINY, compose_cfg, run_cli
+
+DDP_CPU = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+def _metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_ddp_two_processes_write_one_run(tmp_path):
+    cwd, run_dir = tmp_path / "cwd", tmp_path / "run"
+    cwd.mkdir()
+    run_cli([*TINY, *DDP_CPU, f"hydra.run.dir={run_dir}"], cwd=cwd)
+    m = _metrics(run_dir)
+    assert (m["world_size"], m["global_batch_size"], m["per_device_batch_size"]) == (2, 16, 8)
+    assert m["lr"] == pytest.approx(16 * 2**-14)  # scaled from the global batch, not the per-device one
+    assert list(cwd.iterdir()) == []  # rank 1 reused rank 0's run dir: no stray outputs/ anywhere
+    assert [p.name for p in run_dir.iterdir() if p.name == "metrics.json"] == ["metrics.json"]
+
+
+@pytest.mark.slow
+def test_ddp_inside_a_sweep_keeps_one_dir_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", *TINY, *DDP_CPU, "norm=gn,ln_pn", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    assert [_metrics(sweep / j)["world_size"] for j in jobs] == [2, 2]
+    assert [_metrics(sweep / j)["model"]["norm"] for j in jobs] == ["gn", "ln_pn"]
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", *TINY, "hydra/launcher=submitit_local", "norm=gn,ln_pn", f"hydra.sweep.dir={sweep}"])
+    assert sorted(_metrics(sweep / j)["model"]["norm"] for j in ("0", "1")) == ["gn", "ln_pn"]
+
+
+def test_slurm_preset_has_sane_defaults():
+    cfg = compose_cfg(["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)  # one task per GPU
+    assert launcher.max_num_timeout >= 1 and launcher.timeout_min >= 60  # requeued after a timeout
+    slurm = instantiate(launcher)  # the plugin accepts every field (nothing is submitted)
+    assert type(slurm).__name__ == "SlurmLauncher"
+
+
+def test_requeued_slurm_job_resumes_instead_of_refusing(tmp_path):
+    run_cli([*TINY, f"hydra.run.dir={tmp_path}"])
+    first = _metrics(tmp_path)["wall_time_s"]
+    refused = run_cli([*TINY, f"hydra.run.dir={tmp_path}"], check=False)
+    assert refused.returncode == 2 and "ckpt_path=last" in refused.stderr + refused.stdout
+    run_cli([*TINY, f"hydra.run.dir={tmp_path}"], env={"SLURM_RESTART_COUNT": "1"})  # what SLURM sets on requeue
+    resumed = _metrics(tmp_path)
+    assert resumed["status"] == "complete" and resumed["wall_time_s"] < first  # phases reloaded, not retrained
+
+
+@pytest.mark.slow
+def test_wandb_offline_one_run_per_phase_and_no_bleed(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", "debug=smoke", "logger=wandb", "norm=gn,ln_pn", f"hydra.sweep.dir={sweep}"],
+            env={"WANDB_SILENT": "true"}, cwd=ROOT)
+    for job in ("0", "1"):
+        runs = sorted((sweep / job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 4, runs  # train, eval_before_finetune, finetune, eval: each its own W&B run
+    ids = {p.name.rsplit("-", 1)[-1] for job in ("0", "1") for p in (sweep / job / "wandb").glob("offline-run-*")}
+    assert len(ids) == 8  # no run reused across phases or sweep jobs

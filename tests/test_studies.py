@@ -1,0 +1,33 @@
+"""A real (tiny) study: Hydra multirun of the main job -> `g16net.collect` -> `g16net.figs`."""
+
+import csv
+import json
+
+from g16net import collect, figs
+
+from .conftest import run_cli
+
+
+def test_sweep_then_collect_then_figures(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", "debug=smoke", "logger=none", "norm=gn,ln_pn", "resolution=half,native",
+             f"hydra.sweep.dir={sweep}"])
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    combos = {(m["model"]["norm"], m["schedule"]) for m in (json.loads((p / "metrics.json").read_text()) for p in jobs)}
+    assert combos == {("gn", "half"), ("gn", "native"), ("ln_pn", "half"), ("ln_pn", "native")}
+
+    table = tmp_path / "results.csv"
+    assert collect.main([str(sweep), "--out", str(table)]) == 0
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 4 * 2  # 4 runs x 2 test resolutions (32, 64)
+    assert {r["series"] for r in rows} == {"G16-GN-Half", "G16-GN-Native", "G16-LN+PN-Half", "G16-LN+PN-Native"}
+    half = [r for r in rows if r["schedule"] == "half"]
+    assert all(r["train_resolution"] == "32" for r in half) and all(float(r["train_throughput"]) > 0 for r in rows)
+
+    out = tmp_path / "figs"
+    assert figs.main([str(table), "--out", str(out), "--paper-overlay"]) == 0
+    for name in ("pareto_macs", "pareto_params", "pareto_train_throughput", "pareto_infer_throughput", "pareto",
+                 "norm_ablation"):  # gn vs ln_pn at equal size and schedule: an ablation group exists
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").stat().st_size > 5000, f"{name}.{ext}"
