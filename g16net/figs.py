@@ -162,7 +162,7 @@ def _context(rows: list[dict], pick: str) -> str:
     def uniq(col):
         return ", ".join(sorted({str(r[col]) for r in rows if r.get(col) is not None})) or "?"
     which = "best test resolution" if pick == "best" else "headline test resolution"
-    return f"ours: dataset {uniq('dataset')}, device {uniq('device')}, top-1 at {which}"
+    return f"ours: dataset {uniq('dataset')}, device {uniq('device')},\ntop-1 at {which}"
 
 
 LEGEND_TITLE = "filled + line: Pareto front\nhollow: dominated"

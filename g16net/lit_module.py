@@ -5,6 +5,8 @@ uint8 batches normalized on the device (the host ships 4x fewer bytes), Mixup/Cu
 a per-epoch weight average, head-only finetuning, and top-1/top-5 at several test resolutions in one pass.
 """
 
+import warnings
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,10 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from .recipe import build_optimizer, build_scheduler
+
+# Eval-mode modules at fit start are by design here (the weight-average copy always; the frozen backbone while
+# finetuning), and Lightning keeps each module's mode, so its warning about them would only alarm users.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def freeze_all_but_head(model: nn.Module, recalibrate_bn: bool = False) -> None:

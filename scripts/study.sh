@@ -19,4 +19,6 @@ overlay=$([ "$study" = pareto ] && echo --paper-overlay || true)
 dir=multirun/$preset/$(date +%Y-%m-%d_%H-%M-%S)
 python -m g16net.train -m "sweep=$preset" "hydra.sweep.dir=$dir" "$@"
 python -m g16net.collect "$dir" --out "$dir/results.csv"
-python -m g16net.figs "$dir/results.csv" --out "${FIGS:-paper_figs/$preset}" $overlay
+figs=${FIGS:-paper_figs/$preset}
+python -m g16net.figs "$dir/results.csv" --out "$figs" $overlay
+cp "$dir/results.csv" "$figs/results.csv"   # the figures' only input, kept next to them

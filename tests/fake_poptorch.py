@@ -62,6 +62,16 @@ class _Precision:
         return self
 
 
+def _setter(api: str, attr: str, arg: str | None = None):
+    """A chainable PopTorch Options setter that records its call under the real API name and keyword."""
+    def set_value(self, value):
+        _record(f"Options.{api}", **{arg or attr: value})
+        setattr(self, attr, value)
+        return self
+    set_value.__name__ = api
+    return set_value
+
+
 class Options:
     def __init__(self):
         self.replication_factor, self.device_iterations, self.random_seed = 1, 1, None
@@ -69,15 +79,10 @@ class Options:
         self.Training, self.Precision = _Training(), _Precision()
         _record("Options", options=self)
 
-    def replicationFactor(self, replication_factor: int):
-        _record("Options.replicationFactor", replication_factor=replication_factor)
-        self.replication_factor = replication_factor
-        return self
-
-    def deviceIterations(self, device_iterations: int):
-        _record("Options.deviceIterations", device_iterations=device_iterations)
-        self.device_iterations = device_iterations
-        return self
+    replicationFactor = _setter("replicationFactor", "replication_factor")
+    deviceIterations = _setter("deviceIterations", "device_iterations")
+    enableExecutableCaching = _setter("enableExecutableCaching", "cache_path", arg="path")
+    enableSyntheticData = _setter("enableSyntheticData", "synthetic_data", arg="enabled")
 
     def randomSeed(self, random_seed: int):
         assert isinstance(random_seed, int)
@@ -92,15 +97,6 @@ class Options:
         self.available_memory_proportion = {int(k[3:]): v for k, v in available_memory_proportion.items()}
         return self
 
-    def enableExecutableCaching(self, path: str):
-        _record("Options.enableExecutableCaching", path=path)
-        self.cache_path = path
-        return self
-
-    def enableSyntheticData(self, enabled: bool):
-        _record("Options.enableSyntheticData", enabled=enabled)
-        self.synthetic_data = enabled
-        return self
 
 
 class DataLoader(torch.utils.data.DataLoader):
