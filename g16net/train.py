@@ -9,6 +9,7 @@ import os
 import sys
 import traceback
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -37,6 +38,30 @@ def _single_job_argv_for_ddp_children(hc) -> None:
         hc.run.dir = hc.runtime.output_dir
 
 
+# What Lightning's DDP launcher leaves in os.environ; with LOCAL_RANK set it assumes that someone else started the
+# ranks and launches none, so the next job of a sweep would wait on the previous job's (exited) ranks.
+_DDP_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def _own_ddp_world(sweeping: bool):
+    """In a sweep, each job starts its own DDP ranks and process group, then leaves the process as it found it."""
+    saved = {k: os.environ.get(k) for k in _DDP_LAUNCH_ENV}
+    try:
+        yield
+    finally:
+        if sweeping:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
 def _resume_if_requeued(cfg: DictConfig) -> None:
     """SLURM requeues a timed-out/preempted job with the same arguments: continue from its checkpoints."""
     if cfg.ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
@@ -53,7 +78,8 @@ def main_job(cfg: DictConfig) -> float | None:
     _single_job_argv_for_ddp_children(hc)
     _resume_if_requeued(cfg)
     try:
-        metrics = run(cfg, run_dir)
+        with _own_ddp_world(sweeping):
+            metrics = run(cfg, run_dir)
     except Exception as e:  # noqa: BLE001  (recorded, then re-raised or skipped)
         message = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
         last = next((str(p) for p in sorted(run_dir.glob("checkpoints/*/last.ckpt"))), None)
