@@ -102,6 +102,7 @@ def run(args) -> list[dict]:
     models = [(label, norm, build()) for label, norm, build in _candidates(args)]
     for res, mode, prec, layout, comp in itertools.product(args.res, args.modes, args.precision, args.layout,
                                                            args.compile):
+        key = (res, mode, prec, layout, comp)
         samples = [[] for _ in models]
         for _ in range(args.repeats):
             for i, (_, _, model) in enumerate(models):
@@ -109,10 +110,10 @@ def run(args) -> list[dict]:
                                                      layout == "nhwc", bool(comp), device))
         for (label, norm, model), runs in zip(models, samples):
             t = sorted(runs, key=lambda m: m.img_per_s)[len(runs) // 2]
-            base.setdefault((res, mode, prec, layout, comp), t.img_per_s)
+            base.setdefault(key, t.img_per_s)
             row = dict(model=label, norm=norm, res=res, mode=mode, prec=prec, layout=layout, comp=comp,
                        params_M=count_params(model) / 1e6, GMACs=forward_macs(model, res) / 1e9,
-                       **{"img/s": t.img_per_s, "ratio": t.img_per_s / base[(res, mode, prec, layout, comp)],
+                       **{"img/s": t.img_per_s, "ratio": t.img_per_s / base[key],
                           "act_MB": t.activation_mb, "peak_MB": t.peak_mem_mb},
                        batch=args.batch, repeats=args.repeats, device=device)
             rows.append(row)

@@ -46,20 +46,22 @@ _DDP_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WOR
 @contextmanager
 def _own_ddp_world(sweeping: bool):
     """In a sweep, each job starts its own DDP ranks and process group, then leaves the process as it found it."""
+    if not sweeping:
+        yield
+        return
     saved = {k: os.environ.get(k) for k in _DDP_LAUNCH_ENV}
     try:
         yield
     finally:
-        if sweeping:
-            import torch.distributed as dist
+        import torch.distributed as dist
 
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _resume_if_requeued(cfg: DictConfig) -> None:
