@@ -1,8 +1,12 @@
-"""Collect finished runs' metrics.json into one results CSV (one row per test resolution).
+"""Collect finished runs' metrics.json into a results CSV (one row per run and test resolution) plus seed means.
 
     python -m g16net.collect outputs/ multirun/2026-11-22/12-00-00 --out results.csv
 
-A run directory is any directory holding ``metrics.json`` or ``.hydra/config.yaml``. Failed, unfinished
+writes ``results.csv`` (per run; ``seed`` and ``config_id`` columns) and ``results_mean.csv`` next to it: one row
+per configuration and test resolution with ``n``, ``seeds`` and ``<col>_mean``/``<col>_std`` for top-1/5 and
+throughputs. A configuration is the run's resolved config without ``seed`` and run-location keys
+(``CONFIG_ID_IGNORES``), so runs that differ in anything else stay apart. std is the sample std (ddof=1), blank
+for n=1. A run directory is any directory holding ``metrics.json`` or ``.hydra/config.yaml``. Failed, unfinished
 or malformed runs are listed on stderr and skipped; they never stop the collection.
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import re
@@ -18,7 +23,16 @@ import tempfile
 from numbers import Real
 from pathlib import Path
 
-from g16net.results import ALL_COLUMNS, assign_series, format_value
+from g16net.results import (
+    ALL_COLUMNS,
+    MEAN_COLUMNS,
+    STD_NOTE,
+    aggregate,
+    assign_series,
+    duplicate_seeds,
+    format_value,
+    mean_table_row,
+)
 
 REQUIRED_TOP = ["status", "model", "schedule", "params", "train_resolution", "train_macs",
                 "train_throughput", "eval"]
@@ -27,6 +41,9 @@ REQUIRED_EVAL = ["resolution", "top1", "macs", "infer_throughput"]
 # Required fields that must be numbers (anything else would silently break sorting/plotting later).
 NUMERIC = {"params", "train_resolution", "train_macs", "train_throughput", "model.group_size",
            "model.expand_ratio", "resolution", "top1", "macs", "infer_throughput"}
+# Top-level config keys that say where or how a run was launched, not what was trained: runs differing only in
+# these (and in seed) are seeds of one configuration. `hydra` is absent from a job's config; listed for safety.
+CONFIG_ID_IGNORES = ("seed", "name", "hydra", "ckpt_path", "overwrite")
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -103,6 +120,12 @@ def _ok(key: str, value) -> bool:
     return isinstance(value, str) and value != ""
 
 
+def config_id(config: dict) -> str:
+    """Short stable hash of the resolved config minus CONFIG_ID_IGNORES (sorted-key JSON, so order-free)."""
+    kept = {k: v for k, v in config.items() if k not in CONFIG_ID_IGNORES}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def rows_for_run(run_dir: Path) -> tuple[list[dict], str | None]:
     """(rows, None) for a usable run, else ([], reason)."""
     path = run_dir / "metrics.json"
@@ -124,6 +147,9 @@ def rows_for_run(run_dir: Path) -> tuple[list[dict], str | None]:
     headline_res = m.get("headline_resolution")
     before = {e.get("resolution"): e for e in m.get("eval_before_finetune") or [] if isinstance(e, dict)}
     protocol = m.get("throughput_protocol") or {}
+    config = m.get("config") if isinstance(m.get("config"), dict) else None  # absent in runs before schema 1
+    seed = m.get("seed", config.get("seed") if config else None)
+    cid = config_id(config) if config else None
     rows = []
     for e in m["eval"]:
         pre = before.get(e["resolution"], {})
@@ -145,6 +171,7 @@ def rows_for_run(run_dir: Path) -> tuple[list[dict], str | None]:
             "top5_before_finetune": pre.get("top5"), "throughput_batch_size": protocol.get("batch_size"),
             "finetune_resolution": m.get("finetune_resolution"), "version": m.get("version"),
             "schema": m.get("schema"), "infer_throughput_pipeline": e.get("infer_throughput_pipeline"),
+            "seed": seed, "config_id": cid,
         })
     return rows, None
 
@@ -190,6 +217,20 @@ def write_csv(rows: list[dict], out, columns=ALL_COLUMNS) -> Path:
     return out
 
 
+def mean_path(out) -> Path:
+    """Where the seed-aggregated table goes: results.csv -> results_mean.csv, same folder."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_mean{out.suffix}")
+
+
+def write_tables(rows: list[dict], out) -> tuple[Path, Path, list[dict]]:
+    """The per-run CSV at ``out`` and the seed means next to it; returns both paths and the aggregated rows."""
+    agg = aggregate(rows)
+    write_csv(rows, out)
+    means = write_csv([mean_table_row(a) for a in agg], mean_path(out), MEAN_COLUMNS)
+    return Path(out), means, agg
+
+
 def format_skipped(skipped: list[tuple[str, str]]) -> str:
     width = max(len("run dir"), *(len(d) for d, _ in skipped))
     lines = [f"{'run dir':<{width}}  reason", f"{'-' * width}  ------"]
@@ -200,8 +241,11 @@ def format_skipped(skipped: list[tuple[str, str]]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m g16net.collect", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="run dirs, sweep dirs or any folder containing them")
-    parser.add_argument("--out", required=True, help="CSV to write (replaced atomically)")
+    parser.add_argument("--out", required=True, help="per-run CSV to write (replaced atomically); the seed "
+                        "means go next to it as <stem>_mean.csv")
     args = parser.parse_args(argv)
+    if not str(args.out).endswith(".csv"):  # the means file is named after it
+        parser.error(f"--out must name a .csv file, got {args.out!r}")
     try:
         rows, skipped = collect(args.paths)
     except FileNotFoundError as e:
@@ -212,9 +256,14 @@ def main(argv=None) -> int:
         print(f"error: no complete runs found under {', '.join(args.paths)}; {args.out} not written",
               file=sys.stderr)
         return 1
-    write_csv(rows, args.out)
+    _, means, agg = write_tables(rows, args.out)
+    for cid, seed, dirs in duplicate_seeds(agg):
+        print(f"warning: config {cid} has seed {seed} in {len(dirs)} runs (repeats, not independent seeds): "
+              f"{', '.join(dirs)}", file=sys.stderr)
     n_runs = len({r["run_dir"] for r in rows})
-    print(f"wrote {len(rows)} rows from {n_runs} run(s) to {args.out}", file=sys.stderr)
+    n_configs = len({(a["config_id"] or a["run_dir"], a["device"]) for a in agg})
+    print(f"wrote {len(rows)} rows from {n_runs} run(s) to {args.out}\n"
+          f"wrote {len(agg)} rows for {n_configs} configuration(s) to {means} ({STD_NOTE})", file=sys.stderr)
     return 0
 
 

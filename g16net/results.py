@@ -1,11 +1,12 @@
-"""Shared helpers for results tables: column schema, series labels, CSV loading, Pareto fronts.
+"""Shared helpers for results tables: column schema, series labels, CSV loading, seed aggregation, Pareto fronts.
 
-Used by ``g16net.collect`` (writes results.csv) and ``g16net.figs`` (plots it). Pure stdlib.
+Used by ``g16net.collect`` (writes results.csv and results_mean.csv) and ``g16net.figs`` (plots them). Pure stdlib.
 """
 
 from __future__ import annotations
 
 import csv
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,12 +20,13 @@ COLUMNS = [
 EXTRA_COLUMNS = [
     "name", "model_name", "num_classes", "loss", "top1_before_finetune", "top5_before_finetune",
     "throughput_batch_size", "finetune_resolution", "version", "schema", "infer_throughput_pipeline",
+    "seed", "config_id",
 ]
 ALL_COLUMNS = COLUMNS + EXTRA_COLUMNS
 
 INT_COLUMNS = {
     "group_size", "expand_ratio", "train_resolution", "test_resolution", "native_resolution", "params",
-    "epochs", "finetune_epochs", "num_classes", "throughput_batch_size", "finetune_resolution", "schema",
+    "epochs", "finetune_epochs", "num_classes", "throughput_batch_size", "finetune_resolution", "schema", "seed",
 }
 FLOAT_COLUMNS = {
     "top1", "top5", "train_macs", "test_macs", "train_throughput", "train_throughput_pipeline",
@@ -32,6 +34,17 @@ FLOAT_COLUMNS = {
     "infer_throughput_pipeline",
 }
 BOOL_COLUMNS = {"finetuned", "headline"}
+
+# Seed aggregation. MACs follow from the config; every other float is measured and varies between seeds.
+MEASURED_COLUMNS = [c for c in ALL_COLUMNS if c in FLOAT_COLUMNS and c not in ("train_macs", "test_macs")]
+# Identify one run, not its configuration: left out of the aggregated table.
+PER_RUN_COLUMNS = ("run_dir", "seed")
+# Runs with the same config_id on the same device at the same test resolution are seeds of one configuration
+# (throughput means across different hardware would mean nothing). Old CSVs without config_id: one run each.
+DESCRIPTIVE_COLUMNS = [c for c in ALL_COLUMNS if c not in MEASURED_COLUMNS and c not in PER_RUN_COLUMNS]
+MEAN_COLUMNS = (["config_id", "n", "seeds"] + [c for c in DESCRIPTIVE_COLUMNS if c != "config_id"]
+                + [f"{c}_{stat}" for c in MEASURED_COLUMNS for stat in ("mean", "std")])
+STD_NOTE = "std = sample std (ddof=1) over seeds; blank when n=1"
 
 NORM_LABELS = {"bn": "BN", "gn": "GN", "ln": "LN", "ln_pn": "LN+PN", "gn_pn": "GN+PN", "evos0": "EvoNorm-S0"}
 SCHEDULE_LABELS = {"half": "Half", "native": "Native"}
@@ -44,7 +57,7 @@ def norm_label(norm: str) -> str:
 
 
 def series_label(group_size, norm: str, schedule: str, baseline: bool = False) -> str:
-    """Paper-style label, e.g. ``G16-LN+PN-Half``; ``baseline`` marks a no-finetune twin series."""
+    """Paper-style label, e.g. ``G16-LN+PN-Half``; ``baseline`` marks runs that were not finetuned."""
     sched = SCHEDULE_LABELS.get(schedule, str(schedule).capitalize())
     base = f"G{group_size}-{norm_label(norm)}"
     if not baseline:
@@ -54,22 +67,13 @@ def series_label(group_size, norm: str, schedule: str, baseline: bool = False) -
 
 
 def assign_series(rows: list[dict]) -> None:
-    """Fill ``row["series"]`` in place.
+    """Fill ``row["series"]`` in place: one series per (group_size, norm, schedule, finetuned or not).
 
-    One series per (group_size, norm, schedule). Runs with finetuned=False only become their own
-    "Baseline" series when the same triple also has finetuned=True runs; otherwise nothing to separate.
+    Not finetuned is always its own series (native: the paper's G1-GN-Baseline), whatever else was collected,
+    so a run keeps its label and colour between tables. Unknown finetuning (None) counts as finetuned.
     """
-    seen: dict[tuple, set] = {}
     for r in rows:
-        seen.setdefault(_series_key(r), set()).add(r.get("finetuned"))
-    for r in rows:
-        split = {True, False} <= seen[_series_key(r)]
-        r["series"] = series_label(r["group_size"], r["norm"], r["schedule"],
-                                   baseline=split and r.get("finetuned") is False)
-
-
-def _series_key(r: dict) -> tuple:
-    return (r["group_size"], r["norm"], r["schedule"])
+        r["series"] = series_label(r["group_size"], r["norm"], r["schedule"], baseline=r.get("finetuned") is False)
 
 
 def _parse(col: str, text: str):
@@ -104,6 +108,9 @@ def load_results(csv_path: str | Path) -> list[dict]:
     with csv_path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing and "top1_mean" in (reader.fieldnames or []):
+            raise ValueError(f"{csv_path} is the seed-aggregated table; pass the per-run results CSV next to it "
+                             "(figures aggregate it themselves and also draw every seed)")
         if missing:
             raise ValueError(f"{csv_path}: missing columns {', '.join(missing)} "
                              "(was it written by g16net.collect?)")
@@ -158,3 +165,59 @@ def group_by(rows: Iterable[dict], key) -> dict:
     for r in rows:
         out.setdefault(key(r), []).append(r)
     return out
+
+
+def config_key(r: dict) -> tuple:
+    """Rows with equal keys are seeds of one configuration at one test resolution."""
+    which = ("config", r["config_id"]) if r.get("config_id") else ("run", r["run_dir"])
+    return which + (r.get("device"), r["test_resolution"])
+
+
+def mean_std(values: Iterable) -> tuple[float | None, float | None]:
+    """(mean, sample std with ddof=1) of the non-None values; std is None below 2 values, mean None for none."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per configuration x device x test resolution, in first-seen order.
+
+    Measured columns hold the mean over the runs, ``<col>_std`` their sample std (None for n=1); descriptive
+    columns keep their value when all runs agree, else None. ``n``: number of runs, ``seeds``: their seeds,
+    sorted, ``runs``: the per-run rows themselves (for drawing every seed).
+    """
+    out = []
+    for runs in group_by(rows, config_key).values():
+        agg = {c: _common(runs, c) for c in DESCRIPTIVE_COLUMNS}
+        for c in MEASURED_COLUMNS:
+            agg[c], agg[f"{c}_std"] = mean_std(r.get(c) for r in runs)
+        seeds = sorted((r.get("seed") for r in runs), key=lambda s: (s is None, 0 if s is None else s))
+        agg.update(n=len(runs), seeds=seeds, runs=runs, run_dir=runs[0]["run_dir"] if len(runs) == 1 else None)
+        out.append(agg)
+    return out
+
+
+def duplicate_seeds(agg_rows: Iterable[dict]) -> list[tuple[str, object, list[str]]]:
+    """(config_id, seed, run dirs) for every seed that appears in more than one run of a configuration."""
+    dupes = {}
+    for a in agg_rows:
+        by_seed = group_by((r for r in a["runs"] if r.get("seed") is not None), lambda r: r["seed"])
+        for seed, runs in by_seed.items():
+            if len(runs) > 1:
+                dupes[(a["config_id"], seed)] = sorted({r["run_dir"] for r in runs})
+    return [(cid, seed, dirs) for (cid, seed), dirs in dupes.items()]
+
+
+def mean_table_row(agg: dict) -> dict:
+    """An aggregated row keyed by MEAN_COLUMNS (``top1`` -> ``top1_mean``; seeds as "0 1 2")."""
+    row = {c: agg.get(c) for c in MEAN_COLUMNS if c in agg}
+    row.update({f"{c}_mean": agg[c] for c in MEASURED_COLUMNS})
+    row["seeds"] = " ".join("?" if s is None else str(s) for s in agg["seeds"])
+    return row
+
+
+def _common(runs: list[dict], col: str):
+    values = {r.get(col) for r in runs}
+    return values.pop() if len(values) == 1 else None

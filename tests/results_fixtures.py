@@ -12,8 +12,11 @@ HYDRA_CONFIG = "model:\n  size: b0\n  norm: ln_pn\nschedule: half\n"
 def make_metrics(name="g16_b0_ln_pn_half", size="b0", group_size=16, norm="ln_pn", schedule="half",
                  finetuned=True, expand_ratio=4, evals=((64, 61.2, 400.0), (96, 70.3, 190.0)),
                  headline_resolution=96, native_resolution=96, train_resolution=64, params=5914000,
-                 train_macs=52e6, train_throughput=120.5, **overrides) -> dict:
-    """A valid metrics.json per the training job's contract; ``evals``: (resolution, top1, infer img/s)."""
+                 train_macs=52e6, train_throughput=120.5, seed=0, config_extra=None, **overrides) -> dict:
+    """A valid metrics.json per the training job's contract; ``evals``: (resolution, top1, infer img/s).
+
+    ``config`` is a (much shortened) resolved Hydra config; ``config_extra`` adds top-level keys to it.
+    """
     m = {
         "schema": 1, "status": "complete", "name": name,
         "model": {"name": f"g{group_size}_efficientnet_{size}", "size": size, "group_size": group_size,
@@ -32,7 +35,11 @@ def make_metrics(name="g16_b0_ln_pn_half", size="b0", group_size=16, norm="ln_pn
                                   "macs": train_macs * 2.25, "infer_throughput": 190.0}] if finetuned else [],
         "finetune_resolution": native_resolution if finetuned else None, "version": "0.1.0",
         "epochs": 6, "finetune_epochs": 2 if finetuned else 0, "wall_time_s": 412.0,
-        "config": {"model": {"size": size, "norm": norm}, "schedule": schedule},
+        "config": {"name": name, "seed": seed, "epochs": 6, "ckpt_path": None, "overwrite": False,
+                   "model": {"size": size, "group_size": group_size, "expand_ratio": expand_ratio},
+                   "norm": {"name": norm}, "resolution": {"schedule": schedule},
+                   "finetune": {"epochs": 2 if finetuned else 0}, "data": {"name": "synthetic"},
+                   **(config_extra or {})},
     }
     m.update(overrides)
     return m
@@ -108,3 +115,54 @@ def build_tree(root: Path) -> Tree:
     t.bad["empty_eval"] = (write_run(out / "17-00-00", make_metrics(eval=[])), "empty eval list")
     return t
 
+
+
+# Seed offsets: top-1 moves by these points, throughputs by these percent, so every std is known and non-zero.
+SEED_DELTA = {0: 0.0, 1: 1.0, 2: -1.0}
+
+
+def make_seed_runs(seeds=(0, 1, 2), top1=70.0, train_throughput=100.0, infer_throughput=200.0, **kw) -> list[dict]:
+    """metrics.json of one configuration trained with each of ``seeds`` (test resolutions 64 and 96)."""
+    runs = []
+    for s in seeds:
+        d = SEED_DELTA[s]
+        runs.append(make_metrics(
+            seed=s, evals=((64, top1 - 8 + d, infer_throughput * 2 * (1 + d / 100)),
+                           (96, top1 + d, infer_throughput * (1 + d / 100))),
+            train_throughput=train_throughput * (1 + d / 100), **kw))
+    return runs
+
+
+def build_seed_tree(root: Path) -> dict[str, list[Path]]:
+    """A multirun sweep with seeds 0,1,2 of the paper's six series at b0 (b1 for the two Half ones; G16-GN-Half b1
+    has seeds 0,1 only) plus a G16-BN-Half b0 run with seed 0 only: n = 3, 2 and 1 side by side. Returns
+    configuration name -> its run dirs. The G16 b0 Half configs differ only by norm (an ablation group)."""
+    g1 = dict(group_size=1, expand_ratio=6, train_resolution=96, train_macs=40e6, params=5.3e6)
+    configs = {
+        "g16_b0_ln_pn_half": make_seed_runs(name="g16_b0_ln_pn_half", norm="ln_pn", top1=71.0,
+                                            train_throughput=110.0),
+        "g16_b1_ln_pn_half": make_seed_runs(name="g16_b1_ln_pn_half", norm="ln_pn", size="b1", top1=74.0,
+                                            train_throughput=70.0, params=8e6, train_macs=95e6),
+        "g16_b0_gn_half": make_seed_runs(name="g16_b0_gn_half", norm="gn", top1=69.5, train_throughput=130.0),
+        "g16_b1_gn_half": make_seed_runs((0, 1), name="g16_b1_gn_half", norm="gn", size="b1", top1=72.5,
+                                         train_throughput=80.0, params=8e6, train_macs=95e6),
+        "g16_b0_bn_half": make_seed_runs((0,), name="g16_b0_bn_half", norm="bn", top1=70.0,
+                                         train_throughput=150.0),
+        "g16_b0_ln_pn_native": make_seed_runs(name="g16_b0_ln_pn_native", norm="ln_pn", schedule="native",
+                                              top1=72.0, train_throughput=60.0, train_resolution=96,
+                                              train_macs=117e6),
+        "g16_b0_gn_native": make_seed_runs(name="g16_b0_gn_native", norm="gn", schedule="native", top1=71.5,
+                                           train_throughput=70.0, train_resolution=96, train_macs=117e6),
+        "g1_b0_gn_native": make_seed_runs(name="g1_b0_gn_native", norm="gn", schedule="native", top1=69.0,
+                                          train_throughput=50.0, **g1),
+        "g1_b0_gn_baseline": make_seed_runs(name="g1_b0_gn_baseline", norm="gn", schedule="native", top1=66.0,
+                                            train_throughput=50.0, finetuned=False, **g1),
+    }
+    sweep = root / "multirun" / "seeds"
+    dirs, i = {}, 0
+    for name, runs in configs.items():
+        dirs[name] = []
+        for m in runs:
+            dirs[name].append(write_run(sweep / str(i), m))
+            i += 1
+    return dirs

@@ -7,12 +7,12 @@ import pytest
 
 from g16net import collect as collect_mod
 from g16net.collect import collect, find_run_dirs, main, write_csv
-from g16net.results import ALL_COLUMNS, COLUMNS, load_results
+from g16net.results import ALL_COLUMNS, COLUMNS, MEAN_COLUMNS, aggregate, load_results
 
 try:  # tests/ is on sys.path under pytest's default rootdir-less import mode
-    from results_fixtures import build_tree, make_metrics, write_run
+    from results_fixtures import build_seed_tree, build_tree, make_metrics, make_seed_runs, write_run
 except ImportError:  # tests/ became a package
-    from tests.results_fixtures import build_tree, make_metrics, write_run
+    from tests.results_fixtures import build_seed_tree, build_tree, make_metrics, make_seed_runs, write_run
 
 @pytest.fixture
 def tree(tmp_path):
@@ -57,14 +57,16 @@ def test_series_labels(tree):
                        "g1_b0_gn_native": "G1-GN-Native"}
 
 
-def test_unfinetuned_twin_gets_baseline_series(tmp_path):
+def test_unfinetuned_runs_are_the_baseline_series(tmp_path):
     kw = dict(group_size=1, norm="gn", schedule="native")
     write_run(tmp_path / "ft", make_metrics(name="ft", finetuned=True, **kw))
     write_run(tmp_path / "noft", make_metrics(name="noft", finetuned=False, **kw))
+    write_run(tmp_path / "half", make_metrics(name="half", finetuned=False))
     rows, _ = collect([tmp_path])
-    assert {r["name"]: r["series"] for r in rows} == {"ft": "G1-GN-Native", "noft": "G1-GN-Baseline"}
-    rows, _ = collect([tmp_path / "noft"])  # alone, nothing to tell apart
-    assert {r["series"] for r in rows} == {"G1-GN-Native"}
+    assert {r["name"]: r["series"] for r in rows} == {"ft": "G1-GN-Native", "noft": "G1-GN-Baseline",
+                                                      "half": "G16-LN+PN-Half-NoFT"}
+    rows, _ = collect([tmp_path / "noft"])  # alone it keeps the paper's name: not finetuned is what defines it
+    assert {r["series"] for r in rows} == {"G1-GN-Baseline"}
 
 
 def test_every_bad_run_listed_with_reason(tree):
@@ -161,3 +163,106 @@ def test_module_entry_point(tree, tmp_path, monkeypatch, capsys):
     assert exc.value.code == 0
     assert "CUDA out of memory" in capsys.readouterr().err
     assert len(load_results(out)) == 8
+
+
+@pytest.fixture
+def seed_tree(tmp_path):
+    return build_seed_tree(tmp_path / "runs")
+
+
+def _at(agg, name, res=96):
+    return next(a for a in agg if a["name"] == name and a["test_resolution"] == res)
+
+
+def test_seed_and_config_id_columns(seed_tree):
+    rows, skipped = collect([p for dirs in seed_tree.values() for p in dirs])
+    assert not skipped
+    seeds = {name: sorted({r["seed"] for r in rows if r["name"] == name}) for name in seed_tree}
+    assert seeds["g16_b0_ln_pn_half"] == [0, 1, 2] and seeds["g16_b1_gn_half"] == [0, 1]
+    ids = {name: {r["config_id"] for r in rows if r["name"] == name} for name in seed_tree}
+    assert all(len(v) == 1 for v in ids.values())  # seeds of one configuration share the id...
+    assert len(set.union(*ids.values())) == len(seed_tree)  # ...and configurations differ
+
+
+def test_config_id_ignores_seed_and_location_keys_only(tmp_path):
+    write_run(tmp_path / "a", make_metrics(name="a", seed=0))
+    write_run(tmp_path / "b", make_metrics(name="b", seed=1, config_extra={"ckpt_path": "last", "overwrite": True}))
+    write_run(tmp_path / "c", make_metrics(name="c", seed=2, config_extra={"optimizer": {"lr": 0.1}}))
+    write_run(tmp_path / "d", make_metrics(name="d", seed=3, config_extra={"data": {"name": "synthetic",
+                                                                                   "split_seed": 1}}))
+    rows, _ = collect([tmp_path])
+    cid = {r["name"]: r["config_id"] for r in rows}
+    assert cid["a"] == cid["b"]
+    assert len({cid["a"], cid["c"], cid["d"]}) == 3  # an lr or a data seed is a different configuration
+    agg = aggregate(rows)
+    assert sorted(a["n"] for a in agg if a["test_resolution"] == 96) == [1, 1, 2]
+
+
+def test_aggregate_mean_std_n(seed_tree):
+    rows, _ = collect([seed_tree["g16_b0_ln_pn_half"][0].parent])
+    agg = aggregate(rows)
+    assert len(agg) == 9 * 2  # configurations x test resolutions
+    three = _at(agg, "g16_b0_ln_pn_half")  # top-1 71 + (0, 1, -1); throughput 110 x (1, 1.01, 0.99)
+    assert (three["n"], three["seeds"], three["series"]) == (3, [0, 1, 2], "G16-LN+PN-Half")
+    assert three["top1"] == pytest.approx(71.0) and three["top1_std"] == pytest.approx(1.0)
+    assert three["top5"] == pytest.approx(96.0) and three["top5_std"] == pytest.approx(1.0)
+    assert three["train_throughput"] == pytest.approx(110.0) and three["train_throughput_std"] == pytest.approx(1.1)
+    assert three["infer_throughput_std"] == pytest.approx(2.0)
+    assert three["params"] == 5914000 and three["run_dir"] is None and len(three["runs"]) == 3
+    two = _at(agg, "g16_b1_gn_half")
+    assert (two["n"], two["top1"], two["top1_std"]) == (2, pytest.approx(73.0), pytest.approx(0.5 ** 0.5))
+    one = _at(agg, "g16_b0_bn_half")
+    assert (one["n"], one["top1"], one["top1_std"], one["train_throughput_std"]) == (1, 70.0, None, None)
+    assert one["run_dir"] == str(seed_tree["g16_b0_bn_half"][0])
+    assert _at(agg, "g1_b0_gn_baseline")["series"] == "G1-GN-Baseline"
+    assert _at(agg, "g1_b0_gn_native")["series"] == "G1-GN-Native"
+
+
+def test_different_device_or_missing_config_is_not_pooled(tmp_path):
+    a, b, c = make_seed_runs(name="x")
+    b["device"] = "NVIDIA H100"
+    del c["config"]  # a run from before metrics.json carried its config
+    for i, m in enumerate((a, b, c)):
+        write_run(tmp_path / str(i), m)
+    rows, _ = collect([tmp_path])
+    agg = aggregate(rows)
+    assert [a["n"] for a in agg if a["test_resolution"] == 96] == [1, 1, 1]
+    assert [a["config_id"] is None for a in agg if a["test_resolution"] == 96] == [False, False, True]
+
+
+def test_cli_writes_mean_table(seed_tree, tmp_path, capsys):
+    out = tmp_path / "t" / "results.csv"
+    assert main([str(seed_tree["g1_b0_gn_native"][0].parent), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "18 rows for 9 configuration(s)" in err and "ddof=1" in err
+    with out.open() as f:
+        per_run = list(csv.DictReader(f))
+    assert len(per_run) == 24 * 2 and {r["seed"] for r in per_run} == {"0", "1", "2"}
+    with (tmp_path / "t" / "results_mean.csv").open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == MEAN_COLUMNS
+        means = {(r["name"], r["test_resolution"]): r for r in reader}
+    assert len(means) == 18
+    three, one = means[("g16_b0_ln_pn_half", "96")], means[("g16_b0_bn_half", "96")]
+    assert (three["n"], three["seeds"], three["top1_mean"], three["top1_std"]) == ("3", "0 1 2", "71.0", "1.0")
+    assert (one["n"], one["seeds"], one["top1_mean"], one["top1_std"]) == ("1", "0", "70.0", "")
+    assert three["series"] == "G16-LN+PN-Half" and three["params"] == "5914000"
+    assert means[("g1_b0_gn_baseline", "96")]["series"] == "G1-GN-Baseline"
+    with pytest.raises(ValueError, match="seed-aggregated table"):  # the means are not a per-run table
+        load_results(tmp_path / "t" / "results_mean.csv")
+
+
+def test_cli_warns_about_repeated_seeds(tmp_path, capsys):
+    for i in range(2):
+        write_run(tmp_path / str(i), make_metrics(seed=0))
+    assert main([str(tmp_path), "--out", str(tmp_path / "r.csv")]) == 0
+    assert "has seed 0 in 2 runs (repeats, not independent seeds)" in capsys.readouterr().err
+
+
+def test_cli_out_must_be_csv_checked_first(tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(collect_mod, "collect", lambda paths: pytest.fail("collected before checking --out"))
+    with pytest.raises(SystemExit) as exc:
+        main([str(tree.root), "--out", str(tmp_path / "results")])
+    assert exc.value.code == 2
+    assert f"--out must name a .csv file, got '{tmp_path / 'results'}'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
