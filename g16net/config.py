@@ -75,9 +75,9 @@ def check_config(cfg: DictConfig) -> None:
     mixup = cfg.augment.mixup_alpha
     if mixup != "auto" and not (isinstance(mixup, (int, float)) and mixup >= 0):
         raise ConfigError(f"augment.mixup_alpha={mixup!r} must be 'auto' or a number >= 0 (0 = off)")
-    kept = cfg.augment.cutmix_kept_area
-    if kept not in ("auto", None) and not (isinstance(kept, (int, float)) and 0 < kept < 1):
-        raise ConfigError(f"augment.cutmix_kept_area={kept!r} must be 'auto', null (off) or in (0, 1)")
+    lam = cfg.augment.cutmix_lambda
+    if lam not in ("auto", None) and not (isinstance(lam, (int, float)) and 0 < lam <= 1):
+        raise ConfigError(f"augment.cutmix_lambda={lam!r} must be 'auto', null (off) or in (0, 1]")
     ckpt = cfg.ckpt_path
     if ckpt not in (None, "last") and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt!r} is not a file; allowed: null, 'last' (resume this run dir) or a "

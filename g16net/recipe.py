@@ -1,31 +1,33 @@
-"""The paper's training recipe, built from timm parts: RMSprop-TF, warmup + staircase decay, Mixup/CutMix, EMA.
+"""The paper's training recipe, built from timm parts: RMSprop-TF, warmup + staircase decay, EMA; plus the authors'
+own batch augmentation (CutMix "version 1" then per-sample Mixup on every batch), which timm does not have.
 
-Only the choices specific to the paper are written here: which parameters get weight decay (Proxy Norm's proxy
-parameters do, though they are 1-D), the per-size Mixup/CutMix table, and the mapping of the authors' CutMix
-"mean kept area" onto timm's `cutmix_minmax`.
+Only the choices specific to the paper are written here: which parameters get weight decay, the authors' CutMix and
+Mixup samplers, and the per-size augmentation table.
 """
 
 import math
 
 import torch
-from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from torch import nn
 
-# Authors' configs: size -> (mixup alpha, CutMix mean kept-area target or None).
+# Authors' configs: size -> (mixup alpha, CutMix lambda or None).
 PAPER_MIXUP = {
     "b0": (0.1, None), "b1": (0.1, 0.95), "b2": (0.1, 0.9), "b3": (0.2, 0.9), "b4": (0.2, 0.85), "b5": (0.2, 0.8),
     "b6": (0.2, 0.8), "b7": (0.2, 0.8),  # not in the paper's runs: B5's values carried on
 }
+_DECAYED = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay for conv/linear weights and Proxy Norm's proxy parameters; none for norm affines and biases."""
+    """The authors' rule: decay on conv/FC weights and biases and on Proxy Norm's proxy parameters (beta~, gamma~);
+    none on norm gammas/betas (PN's own gamma/beta included) or other non-conv/FC parameters."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 or "proxy_" in name.rsplit(".", 1)[-1] else no_decay).append(p)
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                (decay if isinstance(module, _DECAYED) or name.startswith("proxy_") else no_decay).append(p)
     return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
             if g["params"]]
 
@@ -53,19 +55,59 @@ def build_scheduler(optimizer, cfg, steps_per_epoch: int, epochs: int):
                              warmup_lr_init=cfg.warmup_lr_init, t_in_epochs=False)
 
 
-def cutmix_minmax(mean_kept_area: float) -> tuple[float, float]:
-    """timm samples the box side ratio r ~ U(lo, hi) and cuts area r^2; E[kept] = 1 - hi^2 / 3 for lo = 0."""
-    return 0.0, min(1.0, math.sqrt(3.0 * (1.0 - mean_kept_area)))
+class PaperMixCut:
+    """The authors' batch augmentation (PAPER.md section 3): CutMix "version 1", one draw per batch, then Mixup with
+    a Beta(alpha, alpha) coefficient per sample, both on every batch. Returns the mixed images and soft targets
+    (smoothed one-hots, mixed with the same weights). Partners are the batch rolled by 2 (CutMix) and by 1 (Mixup),
+    so any batch of 2 or more works. Random draws use torch's generator (seeded by the run's seed)."""
+
+    def __init__(self, mixup_alpha: float, cutmix_lambda: float | None, num_classes: int, label_smoothing: float):
+        self.mixup_alpha, self.cutmix_lambda = float(mixup_alpha), cutmix_lambda
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        off = self.label_smoothing / self.num_classes
+        target = torch.full((len(y), self.num_classes), off, device=x.device, dtype=torch.float32)
+        target.scatter_(1, y.view(-1, 1), 1.0 - self.label_smoothing + off)
+        if self.cutmix_lambda is not None:
+            x, target = self.cutmix(x, target)
+        if self.mixup_alpha > 0:
+            x, target = self.mixup(x, target)
+        return x, target
+
+    def cut_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """(top, bottom, left, right) of the pasted box, or None for no cut (probability 1.55 lambda - 0.96)."""
+        if torch.rand(()).item() < 1.55 * self.cutmix_lambda - 0.96:
+            return None
+        u = torch.empty(()).uniform_(math.exp(-4.0), 1.0).item()
+        side = math.sqrt(-math.log(u) / 4.0)  # cut area 1 - kept, kept = 1 + ln(U) / 4
+        cy, cx = torch.rand(()).item() * height, torch.rand(()).item() * width
+        h, w = side * height, side * width
+        top, bottom = max(0, round(cy - h / 2)), min(height, round(cy + h / 2))
+        left, right = max(0, round(cx - w / 2)), min(width, round(cx + w / 2))
+        return top, bottom, left, right
+
+    def cutmix(self, x, target):
+        box = self.cut_box(x.shape[-2], x.shape[-1])
+        if box is None:
+            return x, target
+        top, bottom, left, right = box
+        x = x.clone()
+        x[..., top:bottom, left:right] = x.roll(2, 0)[..., top:bottom, left:right]
+        kept = 1.0 - (bottom - top) * (right - left) / (x.shape[-2] * x.shape[-1])  # the actual kept fraction
+        return x, kept * target + (1.0 - kept) * target.roll(2, 0)
+
+    def mixup(self, x, target):
+        lam = torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample((len(x),)).to(x.device)
+        lx = lam.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+        return lx * x + (1 - lx) * x.roll(1, 0), lam.view(-1, 1) * target + (1 - lam.view(-1, 1)) * target.roll(1, 0)
 
 
-def build_mixup(cfg, size: str, num_classes: int, label_smoothing: float) -> Mixup | None:
-    """cfg: augment section. mixup_alpha / cutmix_kept_area "auto" = the paper's per-size values."""
-    paper_alpha, paper_kept = PAPER_MIXUP[size]
+def build_mixup(cfg, size: str, num_classes: int, label_smoothing: float) -> PaperMixCut | None:
+    """cfg: augment section. mixup_alpha / cutmix_lambda "auto" = the paper's per-size values; None when both off."""
+    paper_alpha, paper_lambda = PAPER_MIXUP[size]
     alpha = paper_alpha if cfg.mixup_alpha == "auto" else float(cfg.mixup_alpha or 0.0)
-    kept = paper_kept if cfg.cutmix_kept_area == "auto" else cfg.cutmix_kept_area
-    if alpha <= 0 and kept is None:
+    lam = paper_lambda if cfg.cutmix_lambda == "auto" else cfg.cutmix_lambda
+    if alpha <= 0 and lam is None:
         return None
-    minmax = cutmix_minmax(kept) if kept is not None else None
-    # With both on, timm picks one per batch (switch_prob); with one on it is always that one.
-    return Mixup(mixup_alpha=alpha, cutmix_minmax=minmax, prob=1.0, switch_prob=0.5,
-                 label_smoothing=label_smoothing, num_classes=num_classes)
+    return PaperMixCut(alpha, None if lam is None else float(lam), num_classes, label_smoothing)

@@ -112,13 +112,14 @@ class Run:
 
     # ---- phases -------------------------------------------------------------------------------------------------
     def mixup(self, batch: int, enabled: bool = True):
-        """timm Mixup/CutMix as configured (None when off); it pairs samples, so the device batch must be even."""
+        """The authors' CutMix + Mixup as configured (None when off); it pairs each sample with another of the same
+        device batch, so that batch needs 2 samples or more."""
         c = self.cfg
         mixup = build_mixup(c.augment, c.model.size, self.plan.num_classes, c.loss.label_smoothing) if enabled else None
-        if mixup is not None and batch % 2:
-            raise ConfigError(f"Mixup/CutMix needs an even per-device batch, got {batch}; change the batch size (and "
-                              "device/replica/accumulation counts) or turn mixing off (augment.mixup_alpha=0 "
-                              "augment.cutmix_kept_area=null)")
+        if mixup is not None and batch < 2:
+            raise ConfigError(f"Mixup/CutMix needs a per-device batch of 2 or more, got {batch}; change the batch size "
+                              "(and device/replica/accumulation counts) or turn mixing off (augment.mixup_alpha=0 "
+                              "augment.cutmix_lambda=null)")
         return mixup
 
     def train(self, model) -> dict:

@@ -17,14 +17,14 @@ from g16net.config import ConfigError, check_config, plan_run
 from g16net.data import build_data
 from g16net.lit_module import LitClassifier, NonFiniteLossError
 from g16net.models import SIZES
-from g16net.recipe import PAPER_MIXUP, build_mixup, param_groups
+from g16net.recipe import PAPER_MIXUP, build_mixup
 from g16net.runner import run
 
 from .conftest import ROOT, TINY, compose_cfg, run_cli
 
 CONTRACT = ("params", "train_resolution", "train_macs", "train_throughput", "eval")
 EVAL_CONTRACT = ("resolution", "top1", "macs", "infer_throughput")
-SERIES = ("g1_gn_native", "g16_gn_native", "g16_gn_half", "g16_lnpn_native", "g16_lnpn_half")
+SERIES = ("g1_gn_baseline", "g1_gn_native", "g16_gn_native", "g16_gn_half", "g16_lnpn_native", "g16_lnpn_half")
 
 
 def _image_folder(root, classes=3, per_class=6, size=40, splits=("train", "val")):
@@ -72,7 +72,8 @@ def test_main_job_cli_writes_the_contract(tmp_path):
 
 @pytest.mark.parametrize("size", ["b0", "b1", "b2", "b3", "b4", "b5"])
 def test_paper_presets_compose_and_validate(tmp_path, size):
-    """The 30 runs of the paper: experiment=paper_imagenet x series x model.size, against a tiny ImageNet layout."""
+    """The 36 runs of the paper's six curves: experiment=paper_imagenet x series x model.size, against a tiny
+    ImageNet layout."""
     root = _image_folder(tmp_path / "imagenet", classes=2, per_class=1)
     for series in SERIES:
         cfg = compose_cfg(["experiment=paper_imagenet", f"series={series}", f"model.size={size}",
@@ -80,25 +81,18 @@ def test_paper_presets_compose_and_validate(tmp_path, size):
         check_config(cfg)
         plan = plan_run(cfg, build_data(cfg.data, model_size=size))
         spec = SIZES[size]
-        native = series.endswith("native")
+        native = series.endswith(("native", "baseline"))
         assert plan.train_res == (spec.native_res if native else spec.half_res)
-        assert plan.headline_res == plan.finetune_res == spec.native_res and plan.finetune_epochs == 2
+        baseline = series.endswith("baseline")  # G1-GN-Baseline: native, no finetuning
+        assert plan.headline_res == spec.native_res and plan.finetune_epochs == (0 if baseline else 2)
+        assert baseline or plan.finetune_res == spec.native_res
         assert (cfg.model.group_size, cfg.model.expand_ratio) == ((1, 6) if series.split("_")[0] == "g1" else (16, 4))
         assert cfg.norm.name == ("ln_pn" if "lnpn" in series else "gn")
         assert (cfg.epochs, cfg.batch_size, plan.lr, plan.rmsprop_alpha) == (350, 768, 0.046875, 0.953125)
         assert plan.finetune_lr == pytest.approx(0.25)
         mix = build_mixup(cfg.augment, size, 1000, 0.1)
-        assert mix.mixup_alpha == PAPER_MIXUP[size][0] and (mix.cutmix_minmax is None) == (size == "b0")
-
-
-def test_weight_decay_groups_include_proxy_parameters():
-    model = g16net.create_model(norm="ln_pn", num_classes=10)
-    decay, no_decay = param_groups(model, 1e-5)
-    decay_ids = {id(p) for p in decay["params"]}
-    names = {n for n, p in model.named_parameters() if id(p) in decay_ids}
-    assert "norm_stem.pn.proxy_weight" in names and "norm_stem.pn.proxy_bias" in names
-    assert "norm_stem.pn.weight" not in names and "classifier.bias" not in names and "conv_stem.weight" in names
-    assert no_decay["weight_decay"] == 0.0
+        assert (mix.mixup_alpha, mix.cutmix_lambda) == PAPER_MIXUP[size]
+        assert (mix.cutmix_lambda is None) == (size == "b0")
 
 
 @pytest.mark.parametrize("norm", ["ln_pn", "bn"])

@@ -1,0 +1,89 @@
+"""The authors' recipe pieces, checked by behaviour: the CutMix/Mixup samplers against an independent re-statement of
+the authors' sampler (PAPER.md section 3), the weight-decay split, the finetune optimizer."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import g16net
+from g16net.recipe import PaperMixCut, param_groups
+
+
+def authors_cutmix_draws(lam: float, n: int, size: int, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """The authors' CutMix v1 in numpy: the no-cut rate and the kept fraction of every draw (1.0 for no cut)."""
+    no_cut = rng.random(n) < 1.55 * lam - 0.96
+    kept_nominal = 1 + np.log(rng.uniform(math.exp(-4), 1, n)) / 4
+    side = np.sqrt(1 - kept_nominal) * size
+    cy, cx = rng.random(n) * size, rng.random(n) * size
+    h = np.clip(np.round(cy + side / 2), 0, size) - np.clip(np.round(cy - side / 2), 0, size)
+    w = np.clip(np.round(cx + side / 2), 0, size) - np.clip(np.round(cx - side / 2), 0, size)
+    return no_cut.mean(), np.where(no_cut, 1.0, 1 - h * w / size**2)
+
+
+@pytest.mark.parametrize("lam", [0.95, 0.8])
+def test_cutmix_matches_the_authors_sampler(lam):
+    """No-cut rate and mean kept area over 4000 batches, each within 4 standard errors of the reference sampler."""
+    torch.manual_seed(0)
+    n, size = 4000, 64
+    mix = PaperMixCut(0.0, lam, num_classes=10, label_smoothing=0.0)
+    boxes = [mix.cut_box(size, size) for _ in range(n)]
+    kept = np.array([1.0 if b is None else 1 - (b[1] - b[0]) * (b[3] - b[2]) / size**2 for b in boxes])
+    ref_rate, ref_kept = authors_cutmix_draws(lam, 200_000, size, np.random.default_rng(0))
+    rate = np.mean([b is None for b in boxes])
+    assert abs(rate - (1.55 * lam - 0.96)) < 4 * math.sqrt(ref_rate * (1 - ref_rate) / n)
+    assert abs(kept.mean() - ref_kept.mean()) < 4 * ref_kept.std() / math.sqrt(n)
+    cut = kept[kept < 1]
+    assert cut.min() > 0 and cut.mean() < 0.9  # real cuts happen and remove a sizeable share on average
+
+
+def test_cutmix_and_mixup_both_act_on_every_batch():
+    """lambda 0.5 always cuts; with Mixup on too, each soft target mixes the sample, its roll-by-1 (Mixup) and its
+    roll-by-2 (CutMix) partners, and the labels' weights match the pixels' sources."""
+    torch.manual_seed(1)
+    b, c = 6, 10
+    x = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 3, 32, 32).contiguous()
+    y = torch.arange(b)
+    mix = PaperMixCut(0.2, 0.5, num_classes=c, label_smoothing=0.0)
+    out, target = mix(x, y)
+    assert target.shape == (b, c) and torch.allclose(target.sum(1), torch.ones(b))
+    for i in range(b):
+        partners = {i, (i - 1) % b, (i - 2) % b, (i - 3) % b}  # Mixup's partner carries its own CutMix partner
+        assert set(torch.nonzero(target[i]).flatten().tolist()) <= partners
+        assert target[i, (i - 2) % b] > 0 or target[i, (i - 3) % b] > 0  # a CutMix box is in every image
+        assert not torch.allclose(target[i, i], torch.tensor(1.0))
+    # Pixel mean equals the label-weighted mean of the source images' constant values.
+    expected = (target * torch.arange(c, dtype=torch.float32)).sum(1)
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), expected, atol=1e-4)
+
+
+def test_mixup_lambda_is_drawn_per_sample_and_labels_are_smoothed():
+    torch.manual_seed(2)
+    mix = PaperMixCut(0.2, None, num_classes=4, label_smoothing=0.1)
+    x, y = torch.randn(64, 3, 8, 8), torch.zeros(64, dtype=torch.long)
+    _, target = mix(x, y)
+    assert torch.allclose(target, torch.tensor([[0.925, 0.025, 0.025, 0.025]]).expand(64, 4))  # same labels
+    y = torch.arange(64) % 4
+    _, target = mix(x, y)
+    weights = target[torch.arange(64), y]
+    assert weights.unique().numel() > 32  # one coefficient per sample, not one per batch
+
+
+def test_weight_decay_follows_the_authors_rule():
+    """Decay: conv/FC weights and biases, PN's proxy parameters. No decay: norm gammas/betas, PN's gamma/beta."""
+    model = g16net.create_model(norm="ln_pn", num_classes=10)
+    decay, no_decay = param_groups(model, 1e-5)
+    ids = {id(p) for p in decay["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in ids}
+    assert {"norm_stem.pn.proxy_weight", "norm_stem.pn.proxy_bias", "conv_stem.weight", "classifier.weight",
+            "classifier.bias"} <= names
+    se_bias = [n for n, _ in model.named_parameters() if ".se." in n and n.endswith("bias")]
+    assert se_bias and set(se_bias) <= names
+    assert not any(n.endswith("pn.weight") or n.endswith("pn.bias") for n in names)
+    norm_names = {n for n, p in model.named_parameters() if id(p) not in ids}
+    assert norm_names and all("norm" in n or "bn" in n for n in norm_names)
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-5
+    bn_model = g16net.create_model(norm="bn", num_classes=10)
+    bn_decay, bn_no = param_groups(bn_model, 1e-5)
+    assert len(bn_no["params"]) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn_model.modules()) * 2
