@@ -8,7 +8,8 @@ EfficientNet-B0..B7 with the paper's two changes, following the authors' `effici
   * MBConv expansion 4 instead of 6 in stages 2-7 (stage 1 keeps 1).
 `group_size=1, expand_ratio=6` is the original depthwise EfficientNet (G1). Everything else is EfficientNet's:
 divisor-8 channel rounding, ceil depth scaling, SE at 0.25 of the block *input* width, SiLU, stochastic depth
-`drop_path_rate * i / N` for block i of N (the authors' rule: the last block gets (N-1)/N of the rate), per-size dropout before the classifier.
+`drop_path_rate * i / N` for block i of N (the authors' rule: the last block gets (N-1)/N of the rate), per-size
+dropout before the classifier.
 
   size  width depth dropout native half     size  width depth dropout native half
   b0    1.0   1.0   0.2     224    160      b4    1.4   1.8   0.4     380    252
