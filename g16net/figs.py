@@ -6,6 +6,9 @@
 Colour encodes (group size, norm), line style and marker the training-resolution schedule
 (Half: solid/square, Native: dashed/circle, Baseline = not finetuned: dotted/triangle).
 Filled markers joined by a line are each series' Pareto front; hollow markers are dominated.
+Runs that differ only in seed are one configuration (``g16net.results.aggregate``, as in results_mean.csv): its
+point is the mean, with ±1 sample std (ddof=1) error bars and each seed drawn faintly; fronts use the means.
+A configuration with one seed draws as a plain point.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 from g16net.results import (
     NORM_LABELS,
     SCHEDULE_LABELS,
+    aggregate,
     assign_series,
+    config_key,
     group_by,
     load_paper_points,
     load_results,
+    mean_std,
     norm_label,
     pareto_front,
 )
@@ -68,11 +74,12 @@ PAPER_AXES = {
 
 
 def pick_rows(rows: list[dict], pick: str = "headline") -> list[dict]:
-    """One row per run: the headline test resolution (else native, else best), or the best top-1."""
+    """One row per configuration (``aggregate``'s rows): the headline test resolution (else native, else the
+    best), or the best (mean) top-1."""
     if pick not in ("headline", "best"):
         raise ValueError(f"pick must be 'headline' or 'best', got {pick!r}")
     chosen = []
-    for run_rows in group_by(rows, lambda r: r["run_dir"]).values():
+    for run_rows in group_by(rows, lambda r: config_key(r)[:-1]).values():  # all but the test resolution
         best = max(run_rows, key=lambda r: r["top1"])
         if pick == "headline":
             headline = [r for r in run_rows if r["headline"]]
@@ -116,6 +123,7 @@ def _draw_fronts(ax, rows: list[dict], xcol: str, scale: float, higher_x_better:
         front = pareto_front(xy, higher_x_better)
         ax.scatter([x for x, _ in xy], [y for _, y in xy], marker=st["marker"], s=36, facecolors="none",
                    edgecolors=st["color"], linewidths=1.2, zorder=3)
+        _draw_spread(ax, pts, xcol, scale, st)
         ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], ls=st["ls"], marker=st["marker"],
                 color=st["color"], ms=6, lw=1.6, label=label, zorder=4)
         for (x, y), r in zip(xy, pts, strict=True):
@@ -127,6 +135,20 @@ def _draw_fronts(ax, rows: list[dict], xcol: str, scale: float, higher_x_better:
     _log_x(ax, [r[xcol] / scale for r in rows])
     ax.set_ylabel("Top-1 accuracy (%)")
     ax.margins(x=0.08, y=0.08)
+
+
+def _draw_spread(ax, pts: list[dict], xcol: str, scale: float, st: dict) -> None:
+    """Seeds of each mean point: faint single runs and ±1 std bars (x too where x is measured, e.g. img/s)."""
+    multi = [r for r in pts if r.get("n", 1) > 1]
+    if not multi:
+        return
+    seeds = [(s[xcol] / scale, s["top1"]) for r in multi for s in r["runs"] if s.get(xcol) is not None]
+    ax.scatter([x for x, _ in seeds], [y for _, y in seeds], marker=st["marker"], s=10, color=st["color"],
+               alpha=0.3, linewidths=0, zorder=2)
+    std = lambda r, col: r.get(f"{col}_std") or 0.0
+    ax.errorbar([r[xcol] / scale for r in multi], [r["top1"] for r in multi],
+                yerr=[std(r, "top1") for r in multi], xerr=[std(r, xcol) / scale for r in multi], fmt="none",
+                ecolor=st["color"], elinewidth=0.9, capsize=2, alpha=0.7, zorder=3)
 
 
 def _log_x(ax, xs: list[float]) -> None:
@@ -162,14 +184,21 @@ def _context(rows: list[dict], pick: str) -> str:
     def uniq(col):
         return ", ".join(sorted({str(r[col]) for r in rows if r.get(col) is not None})) or "?"
     which = "best test resolution" if pick == "best" else "headline test resolution"
-    return f"ours: dataset {uniq('dataset')}, device {uniq('device')},\ntop-1 at {which}"
+    ns = sorted({r.get("n", 1) for r in rows})
+    seeds = "" if ns == [1] else f", mean of {ns[0]}-{ns[-1]} seeds" if len(ns) > 1 else f", mean of {ns[0]} seeds"
+    return f"ours: dataset {uniq('dataset')}, device {uniq('device')},\ntop-1 at {which}{seeds}"
 
 
 LEGEND_TITLE = "filled + line: Pareto front\nhollow: dominated"
+SEEDS_LEGEND = "\nbars: ±1 std over seeds\n(sample, ddof=1)\nsmall faint: single seeds"
 
 
-def _legend_outside(ax) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False, title=LEGEND_TITLE,
+def _legend_title(rows: list[dict] | None = None) -> str:
+    return LEGEND_TITLE + (SEEDS_LEGEND if rows and any(r.get("n", 1) > 1 for r in rows) else "")
+
+
+def _legend_outside(ax, title: str = LEGEND_TITLE) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False, title=title,
               title_fontsize=8, alignment="left")
 
 
@@ -225,7 +254,8 @@ def _pareto_figures(rows, out_dir, paper_points, pick, styler) -> list[Path]:
         if overlay:  # the paper's ImageNet/IPU scales differ from ours, so it gets its own axes
             _paper_panel(axes[1], paper_points, name, styler)
             axes[1].set_title(f"{PAPER_AXES[name][3]}\n{PAPER_SOURCE}")
-        for ax in axes:
+        _legend_outside(axes[0], _legend_title(rows))
+        for ax in axes[1:]:
             _legend_outside(ax)
         paths += _save(fig, out_dir, f"pareto_{name}")
 
@@ -236,14 +266,14 @@ def _pareto_figures(rows, out_dir, paper_points, pick, styler) -> list[Path]:
         ax.set(xlabel=xlabel, title=title)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), frameon=False,
-               title=LEGEND_TITLE.replace("\n", ", "), title_fontsize=8)
+               title=_legend_title(rows).replace("\n(", " (").replace("\n", ", "), title_fontsize=8)
     fig.suptitle(context)
     paths += _save(fig, out_dir, "pareto")
     return paths
 
 
 def norm_groups(rows: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
-    """Groups of runs that differ only by norm: key -> {norm: [rows]}; only groups with >= 2 norms."""
+    """Groups of configurations that differ only by norm: key -> {norm: [rows]}; only groups with >= 2 norms."""
     key = lambda r: (r["size"], r["group_size"], r["expand_ratio"], r["schedule"], r["finetuned"])
     groups = {}
     for k, members in group_by(rows, key).items():
@@ -268,30 +298,40 @@ def _ablation_figure(groups, out_dir, context) -> list[Path]:
     upright = len(norms) * len(groups) > 8  # narrow bars: vertical value labels so neighbours don't collide
     for ax, (col, ylabel, fmt) in zip(fig.subplots(1, 3), panels, strict=True):
         for j, norm in enumerate(norms):
-            xs, ys, ns = [], [], []
+            bars = []  # (x, mean, std, single-run values)
             for i, g in enumerate(groups.values()):
-                vals = [r[col] for r in g.get(norm, []) if r.get(col) is not None]
-                if vals:  # repeated runs (seeds) of one config: plot their mean
-                    xs.append(i + (j - (len(norms) - 1) / 2) * width)
-                    ys.append(sum(vals) / len(vals))
-                    ns.append(len(vals))
-            ax.bar(xs, ys, width * 0.9, label=norm_label(norm), color=f"C{j}")
-            for x, y, n in zip(xs, ys, ns, strict=True):
-                note = "" if n == 1 else f" (n={n})" if upright else f"\n(n={n})"
-                ax.annotate(fmt.format(y) + note, (x, y), xytext=(0, 2), textcoords="offset points",
-                            ha="center", va="bottom", fontsize=7, rotation=90 if upright else 0)
+                # every seed of every configuration in this cell (one configuration unless the group pools more)
+                vals = [s[col] for a in g.get(norm, []) for s in a.get("runs", [a]) if s.get(col) is not None]
+                if vals:
+                    bars.append((i + (j - (len(norms) - 1) / 2) * width, *mean_std(vals), vals))
+            xs, ys = [b[0] for b in bars], [b[1] for b in bars]
+            errs = [b[2] or 0.0 for b in bars]
+            ax.bar(xs, ys, width * 0.9, label=norm_label(norm), color=f"C{j}", yerr=errs if any(errs) else None,
+                   error_kw=dict(elinewidth=1, capsize=3, ecolor="0.2"))
+            for x, y, std, vals in bars:
+                if len(vals) > 1:
+                    # beside the whisker, not on it, so single seeds stay visible
+                    ax.scatter([x + width * 0.22] * len(vals), vals, s=14, color="0.1", edgecolors="white",
+                               linewidths=0.5, alpha=0.8, zorder=3)
+                note = "" if len(vals) == 1 else f" (n={len(vals)})" if upright else f"\n(n={len(vals)})"
+                ax.annotate(fmt.format(y) + note, (x, max([y + (std or 0.0)] + vals)), xytext=(0, 4),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                            rotation=90 if upright else 0)
         ax.set_xticks(range(len(names)), names)
         ax.set(ylabel=ylabel, title=ylabel.split(" (")[0] + " per norm")
         ax.grid(False, axis="x")
         ax.margins(y=0.25)
         if col == "top1":
-            lo = min(r["top1"] for g in groups.values() for rs in g.values() for r in rs)
-            hi = max(r["top1"] for g in groups.values() for rs in g.values() for r in rs)
+            tops = [s["top1"] for g in groups.values() for aggs in g.values() for a in aggs
+                    for s in a.get("runs", [a])]
+            lo, hi = min(tops), max(tops)
             bottom = max(0.0, lo - 10)  # differences between norms are small next to 100%, so zoom in
             ax.set_ylim(bottom, hi + 0.25 * (hi - bottom))
     fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside right center", frameon=False,
                title="norm")
-    fig.suptitle(f"Normalisation ablation: runs differing only by norm\n{context}")
+    spread = ("; bar = mean, whisker = ±1 std over seeds (sample, ddof=1), dots = single seeds"
+              if any(a.get("n", 1) > 1 for g in groups.values() for aggs in g.values() for a in aggs) else "")
+    fig.suptitle(f"Normalisation ablation: runs differing only by norm{spread}\n{context}")
     return _save(fig, out_dir, "norm_ablation")
 
 
@@ -301,7 +341,7 @@ def make_figures(csv_path, out_dir, paper_overlay: bool = False, pick: str = "he
     rows = load_results(csv_path)
     if not all(r["series"] for r in rows):  # hand-made or merged CSVs may leave it blank
         assign_series(rows)
-    rows = pick_rows(rows, pick)
+    rows = pick_rows(aggregate(rows), pick)  # the same aggregation as collect's results_mean.csv
     if not rows:
         raise ValueError(f"{csv_path}: no result rows to plot")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,6 +350,10 @@ def make_figures(csv_path, out_dir, paper_overlay: bool = False, pick: str = "he
     with matplotlib.rc_context(STYLE):
         paths = _pareto_figures(rows, out_dir, paper_points, pick, styler)
         groups = norm_groups(rows)
+        pooled = [k for k, g in groups.items() if any(len(aggs) > 1 for aggs in g.values())]
+        if pooled:
+            print(f"note: norm_ablation pools configurations that differ in more than norm and seed for {pooled} "
+                  "(compare config_id in the results CSV)")
         if groups:
             paths += _ablation_figure(groups, out_dir, _context(rows, pick))
         else:
