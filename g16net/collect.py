@@ -3,7 +3,7 @@
     python -m g16net.collect outputs/ multirun/2026-11-22/12-00-00 --out results.csv
 
 writes ``results.csv`` (per run; ``seed`` and ``config_id`` columns) and ``results_mean.csv`` next to it: one row
-per configuration and test resolution with ``n``, ``seeds`` and ``<col>_mean``/``<col>_std`` for top-1/5 and
+per configuration, device and test resolution with ``n``, ``seeds`` and ``<col>_mean``/``<col>_std`` for top-1/5 and
 throughputs. A configuration is the run's resolved config without ``seed`` and run-location keys
 (``CONFIG_ID_IGNORES``), so runs that differ in anything else stay apart. std is the sample std (ddof=1), blank
 for n=1. A run directory is any directory holding ``metrics.json`` or ``.hydra/config.yaml``. Failed, unfinished

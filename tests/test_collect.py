@@ -266,3 +266,15 @@ def test_cli_out_must_be_csv_checked_first(tree, tmp_path, capsys, monkeypatch):
     assert exc.value.code == 2
     assert f"--out must name a .csv file, got '{tmp_path / 'results'}'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_config_id_of_the_real_composed_config(make_cfg):
+    from omegaconf import OmegaConf
+
+    def cid(*overrides):
+        return collect_mod.config_id(OmegaConf.to_container(make_cfg(overrides), resolve=True))
+
+    base = cid("series=g1_gn_native")
+    assert cid("series=g1_gn_native", "seed=1", "name=elsewhere", "ckpt_path=last", "overwrite=true") == base
+    assert cid("series=g1_gn_native", "optimizer.lr=0.1") != base
+    assert cid("series=g1_gn_native", "finetune.epochs=0") != base  # not finetuned: another configuration
