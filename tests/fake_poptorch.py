@@ -3,8 +3,14 @@
 It mirrors the signatures of the PopTorch API the IPU backend calls (Options and its Training/Precision
 sub-options, DataLoader, trainingModel/inferenceModel executors, BeginBlock, identity_loss, optim.RMSprop/SGD),
 records every call in `CALLS`, and runs the model eagerly on the CPU so a tiny job completes. It says nothing
-about IPU numerics, compilation or speed: a training call is forward/backward per micro-batch and one plain torch
-optimizer step per device iteration (no loss scaling, no TF-style RMSprop, no stochastic rounding).
+about IPU numerics or speed: a training call is forward/backward per micro-batch and one plain torch optimizer step
+per device iteration (no loss scaling, no TF-style RMSprop, no stochastic rounding).
+
+It does enforce what the real compiler rejects on the first call (`Error`): an IPU count that is not a power of 2
+(unless autoRoundNumIPUs), a pipeline whose IPU ids fall in execution order, training a pipeline over N IPUs with
+gradient accumulation < 2N - 1, inference through one with device iterations < N. Training outputs follow
+`outputMode` (default Final: the last micro-batch of each replica). A host batch is laid out as
+[device iteration, accumulation step, replica, micro-batch] (the fake's convention).
 """
 
 import enum
@@ -14,6 +20,11 @@ import torch
 from torch import nn
 
 CALLS: list[tuple[str, dict]] = []
+_TRACE: list[int] | None = None  # IPU ids of the BeginBlocks met during a compiling forward, in execution order
+
+
+class Error(RuntimeError):
+    """As `poptorch.Error`: what a compile or attach would raise."""
 
 
 def reset():
@@ -32,6 +43,14 @@ class ReductionType(enum.IntEnum):
     Sum = 0
     Mean = 1
     NoReduction = 2
+
+
+class OutputMode(enum.IntEnum):
+    All = 0
+    Final = 1
+    EveryN = 2
+    Sum = 3
+    Default = 4
 
 
 class _Training:
@@ -76,6 +95,7 @@ class Options:
     def __init__(self):
         self.replication_factor, self.device_iterations, self.random_seed = 1, 1, None
         self.available_memory_proportion, self.synthetic_data, self.cache_path = {}, False, None
+        self.output_mode, self.auto_round_num_ipus = OutputMode.Default, False
         self.Training, self.Precision = _Training(), _Precision()
         _record("Options", options=self)
 
@@ -83,6 +103,17 @@ class Options:
     deviceIterations = _setter("deviceIterations", "device_iterations")
     enableExecutableCaching = _setter("enableExecutableCaching", "cache_path", arg="path")
     enableSyntheticData = _setter("enableSyntheticData", "synthetic_data", arg="enabled")
+
+    def autoRoundNumIPUs(self, auto_round_num_ipus: bool = True):
+        _record("Options.autoRoundNumIPUs", auto_round_num_ipus=auto_round_num_ipus)
+        self.auto_round_num_ipus = auto_round_num_ipus
+        return self
+
+    def outputMode(self, output_mode, output_return_period=None):
+        assert isinstance(output_mode, OutputMode)
+        _record("Options.outputMode", output_mode=output_mode, output_return_period=output_return_period)
+        self.output_mode = output_mode
+        return self
 
     def randomSeed(self, random_seed: int):
         assert isinstance(random_seed, int)
@@ -96,7 +127,6 @@ class Options:
         _record("Options.setAvailableMemoryProportion", available_memory_proportion=available_memory_proportion)
         self.available_memory_proportion = {int(k[3:]): v for k, v in available_memory_proportion.items()}
         return self
-
 
 
 class DataLoader(torch.utils.data.DataLoader):
@@ -125,15 +155,22 @@ def identity_loss(x, reduction):
 def BeginBlock(layer_to_call, user_id=None, ipu_id=None):
     assert isinstance(layer_to_call, nn.Module)
     _record("BeginBlock", layer=layer_to_call, user_id=user_id, ipu_id=ipu_id)
+
+    def enter(module, args):
+        if _TRACE is not None:
+            _TRACE.append(ipu_id)
+
+    layer_to_call.register_forward_pre_hook(enter)
     return layer_to_call
 
 
 class PoplarExecutor:
-    """Runs the wrapped model eagerly; checks the batch splits into the configured device calls."""
+    """Runs the wrapped model eagerly; checks the batch splits into the configured device calls and, on the first
+    call, the pipeline rules the compiler enforces."""
 
     def __init__(self, model, options, training, optimizer=None):
         self.model, self.options, self.training, self.optimizer = model, options or Options(), training, optimizer
-        self.destroyed = False
+        self.destroyed = self.compiled = False
 
     def setOptimizer(self, optimizer):
         _record("setOptimizer", lr=[g["lr"] for g in optimizer.param_groups])
@@ -146,26 +183,78 @@ class PoplarExecutor:
         _record("destroy", training=self.training)
         self.destroyed = True
 
+    def _forward(self, *args):
+        """The model; the first time, traced for its BeginBlocks and checked as a compile would."""
+        global _TRACE
+        if self.compiled:
+            return self.model(*args)
+        _TRACE = []
+        try:
+            out = self.model(*args)
+        finally:
+            trace, _TRACE = _TRACE, None
+        self._compile_checks(trace)
+        self.compiled = True
+        return out
+
+    def _compile_checks(self, trace: list[int]):
+        o, ids = self.options, [0, *trace]
+        if any(b < a for a, b in zip(ids, ids[1:])):
+            raise Error(f"IPU ids of the blocks must not decrease in execution order, got {ids}")
+        stages = max(ids) + 1
+        total = stages * o.replication_factor
+        if total & (total - 1) and not o.auto_round_num_ipus:
+            raise Error(f"The model uses {total} IPUs, which is not a power of 2 (see autoRoundNumIPUs)")
+        if self.training and stages > 1 and o.Training.gradient_accumulation < 2 * stages - 1:
+            raise Error(f"For pipelining, gradient accumulation ({o.Training.gradient_accumulation}) must be at "
+                        f"least {2 * stages - 1} for {stages} IPUs")
+        if not self.training and o.device_iterations < stages:
+            raise Error(f"Inference over {stages} pipelined IPUs needs deviceIterations >= {stages}, got "
+                        f"{o.device_iterations}")
+
     def __call__(self, *args):
         assert not self.destroyed, "executor used after destroy()"
         o = self.options
-        micro_per_iteration = o.replication_factor * (o.Training.gradient_accumulation if self.training else 1)
-        split = o.device_iterations * micro_per_iteration
+        replicas, accumulation = o.replication_factor, (o.Training.gradient_accumulation if self.training else 1)
+        split = o.device_iterations * replicas * accumulation
         n = len(args[0])
         assert n % split == 0, f"batch of {n} does not split into {split} micro-batches"
-        _record("call", training=self.training, batch=n, dtype=args[0].dtype)
         if not self.training:
+            assert o.output_mode in (OutputMode.Default, OutputMode.All), "fake: inference returns every output"
             with torch.no_grad():
-                return self.model(*args)
+                out = self._forward(*args)
+            _record("call", training=False, batch=n, dtype=args[0].dtype)
+            return out
         micro = n // split
         chunks = [tuple(a[i:i + micro] for a in args) for i in range(0, n, micro)]
+        outs, losses, per_update = [], [], replicas * accumulation
         for it in range(o.device_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            for chunk in chunks[it * micro_per_iteration:(it + 1) * micro_per_iteration]:
-                out, loss = self.model(*chunk)
-                (loss / micro_per_iteration).backward()  # ReductionType.Mean over replicas and accumulation
+            for chunk in chunks[it * per_update:(it + 1) * per_update]:
+                out, loss = self._forward(*chunk)
+                (loss / per_update).backward()  # ReductionType.Mean over replicas and accumulation
+                outs.append(out.detach())
+                losses.append(loss.detach())
             self.optimizer.step()
-        return out.detach(), loss.detach()
+        _record("call", training=True, batch=n, dtype=args[0].dtype, micro_losses=[x.item() for x in losses])
+        return self._output(outs, replicas), self._output(losses, replicas)
+
+    def _output(self, values: list, replicas: int):
+        """What the host gets back under the output mode: per replica, the last micro-batch (Final) or the sum of
+        all of them (Sum); every one (All). Scalars come back one per replica."""
+        mode = self.options.output_mode
+        by_replica = [values[r::replicas] for r in range(replicas)]
+        if mode == OutputMode.All:
+            picked = values
+        elif mode in (OutputMode.Final, OutputMode.Default):
+            picked = [v[-1] for v in by_replica]
+        elif mode == OutputMode.Sum:
+            picked = [torch.stack(v).sum(0) for v in by_replica]
+        else:
+            raise NotImplementedError(f"fake: output mode {mode!r}")
+        if picked[0].dim() == 0:
+            return torch.stack(picked) if len(picked) > 1 else picked[0]
+        return torch.cat(picked)
 
 
 def _param_summary(model):

@@ -3,12 +3,18 @@
 Same phases, data, recipe, resume files and metrics.json as the Lightning backend (`g16net.runner.Run`); only the
 loop differs, because PopTorch compiles a whole step (forward, loss, backward, optimizer) into one IPU executable:
   * the model is wrapped with its loss (`_OnDevice`); uint8 images are normalized on the IPU;
+  * PopTorch's compile-time rules (IPU count a power of 2, pipeline depth vs gradient accumulation and device
+    iterations, IPU ids rising in execution order) are checked with the config, before data or models are built;
   * PopTorch's RMSprop (TF variant) / SGD with fp32 optimizer state and static loss scaling; the LR schedule is
     pushed with `setOptimizer` between host calls, so it is constant over `ipu.device_iterations` updates;
-  * `ipu.half`: a fp16 copy of the model is compiled; the host model stays fp32 (weight average, phase files);
+  * `ipu.half`: a fp16 copy of the model is compiled (fp16 weights, no fp32 master copy: stochastic rounding keeps
+    the updates unbiased); the host model stays fp32 and the weight average is updated from it;
+  * training calls return the SUM of each replica's micro-batch losses (OutputMode.Sum), divided on the host, so
+    train/loss and the non-finite check see every micro-batch, not just the last;
   * Mixup/CutMix run on the host (timm, one draw per micro-batch), so mixed batches travel as fp16/fp32;
   * the weight average (timm ModelEmaV3) is updated once per epoch from weights copied back to the host;
-  * evaluation pads the val set to whole device calls (padding ignored), so one executable serves it;
+  * evaluation has its own micro-batch and device iterations and pads the val set to whole device calls (padding
+    ignored), so one executable serves it;
   * throughput: the same executables on synthetic on-device data (model compute only, no host I/O).
 """
 
@@ -22,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from ..config import ConfigError, model_kwargs
+from ..config import ConfigError, check_config, model_kwargs
 from ..lit_module import NonFiniteLossError, finetune_modes, freeze_all_but_head
 from ..loggers import phase_logger
 from ..models import create_model
@@ -52,38 +58,36 @@ class IPURun(Run):
 
     def __init__(self, cfg: DictConfig, run_dir):
         self.poptorch = import_poptorch()  # first: a missing SDK fails before data or models are built
+        check_config(cfg)  # the generic checks first, so the IPU checks below see a buildable model
+        self.num_ipus = _check_ipu(cfg)  # IPUs per replica = pipeline stages; before any data is built
         super().__init__(cfg, run_dir)
-        _check_ipu(cfg)
         ipu = cfg.ipu
         self.half, self.world_size = ipu.half, ipu.replication_factor
-        self.num_ipus = 1 + max((int(p.ipu) for p in ipu.pipeline), default=0)  # per replica
+        self.eval_iterations = _eval_iterations(ipu, self.num_ipus)
         self.plan.accelerator, self.plan.precision = "ipu", "16-true" if self.half else "32-true"
-        for key in ("batch_size", "finetune.batch_size"):  # divisibility errors now, not after an epoch
-            self.per_device_batch(key, OmegaConf.select(cfg, key))
 
     def per_device_batch(self, key: str, global_batch: int) -> int:
-        ipu = self.cfg.ipu
-        split = ipu.replication_factor * ipu.gradient_accumulation
-        if global_batch % split:
-            raise ConfigError(f"{key}={global_batch} is the global batch per weight update = micro-batch x "
-                              f"ipu.replication_factor={ipu.replication_factor} x ipu.gradient_accumulation="
-                              f"{ipu.gradient_accumulation}; it must be a multiple of {split}")
-        return global_batch // split
+        return _micro_batch(self.cfg.ipu, key, global_batch)
 
     # ---- PopTorch pieces ----------------------------------------------------------------------------------------
     def options(self, training: bool, synthetic: bool = False):
         pt, ipu = self.poptorch, self.cfg.ipu
         opts = pt.Options()
         opts.replicationFactor(ipu.replication_factor)
-        opts.deviceIterations(ipu.device_iterations)
-        opts.randomSeed(int(self.cfg.seed))
+        opts.deviceIterations(ipu.device_iterations if training else self.eval_iterations)
+        with torch.random.fork_rng(devices=[]):  # randomSeed also reseeds torch on the host: keep the data order
+            opts.randomSeed(int(self.cfg.seed))
+        if ipu.auto_round_num_ipus:
+            opts.autoRoundNumIPUs(True)
         if training:
             opts.Training.gradientAccumulation(ipu.gradient_accumulation)
             # Mean over micro-batches and replicas: the LR does not depend on how the global batch is split.
             opts.Training.accumulationAndReplicationReductionType(pt.ReductionType.Mean)
+            # The default (Final) returns only the last micro-batch of each replica; Sum covers all of them.
+            opts.outputMode(pt.OutputMode.Sum)
             if self.half:  # fp16 weights have no fp32 master copy: round the updates without bias
                 opts.Precision.enableStochasticRounding(True)
-        if ipu.half_partials:
+        if self.half and ipu.half_partials:  # the compiler ignores half partials for fp32 convolutions
             opts.Precision.setPartialsType(torch.float16)
         if ipu.available_memory_proportion is not None:
             amp = float(ipu.available_memory_proportion)
@@ -193,8 +197,10 @@ class IPURun(Run):
                 if mixup is not None:
                     x, y = _mix(mixup, x, y, micro, dtype)
                 _, loss = step(x, y)
-                if not torch.isfinite(loss).all():
-                    raise NonFiniteLossError(f"non-finite training loss ({loss.float().mean().item()}) in phase "
+                # OutputMode.Sum: one sum per replica over its micro-batches, as in Graphcore's CNN examples.
+                loss = loss.float().mean().item() / (ipu.device_iterations * ipu.gradient_accumulation)
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(f"non-finite training loss ({loss}) in phase "
                                              f"'{phase}', epoch {epoch}, update {updates}; the last checkpoint is "
                                              "kept. Lower the LR or raise/lower ipu.loss_scaling.")
                 updates += ipu.device_iterations
@@ -204,10 +210,11 @@ class IPURun(Run):
                     images, seconds = images + len(x), seconds + now - last
                 last = now
                 if logger:
-                    logger.log_metrics({"train/loss": loss.float().mean().item(), "train/lr": lrs[0]}, step=updates)
+                    logger.log_metrics({"train/loss": loss, "train/lr": lrs[0]}, step=updates)
             step.copyWeightsToHost()
-            if ema is not None:
-                ema.update(net, step=epoch + 1)
+            if ema is not None:  # from the fp32 host model: older timm EMAs refuse fp16 weights into fp32 ones
+                model.load_state_dict(net.state_dict())
+                ema.update(model, step=epoch + 1)
             self._save(phase, net, optimizer, ema, epoch + 1, updates)
         if step is not None:
             step.destroy()  # releases the IPUs for the inference executables
@@ -238,8 +245,8 @@ class IPURun(Run):
 
     def _eval_at(self, model, res: int) -> dict:
         pt, cfg, ipu = self.poptorch, self.cfg, self.cfg.ipu
-        opts, micro = self.options(training=False), cfg.eval_batch_size
-        per_call = micro * ipu.device_iterations * ipu.replication_factor
+        opts, micro = self.options(training=False), ipu.eval_batch_size or cfg.eval_batch_size
+        per_call = micro * self.eval_iterations * ipu.replication_factor
         ds = self.data.val_dataset(res)
         n = min(len(ds), _limit(cfg.trainer.limit_val_batches, math.ceil(len(ds) / per_call)) * per_call)
         if n < 1:
@@ -267,6 +274,7 @@ class IPURun(Run):
         proto = dict(batch_size=micro, warmup_steps=t.warmup, timed_steps=t.steps,
                      precision="fp16" if self.half else "fp32", channels_last=False, compile=True, device="ipu",
                      replication_factor=ipu.replication_factor, device_iterations=ipu.device_iterations,
+                     eval_device_iterations=self.eval_iterations,
                      gradient_accumulation=ipu.gradient_accumulation, ipus_per_replica=self.num_ipus,
                      synthetic_data=True, device_name=f"Graphcore IPU ({ipu.replication_factor} replica(s) x "
                                                       f"{self.num_ipus} IPU(s))")
@@ -280,8 +288,9 @@ class IPURun(Run):
         pt, t, ipu = self.poptorch, self.cfg.throughput, self.cfg.ipu
         opts = self.options(training, synthetic=True)
         net = self._device_copy(model)
-        accumulation = ipu.gradient_accumulation if training else 1
-        per_call = micro * ipu.device_iterations * ipu.replication_factor * accumulation
+        accumulation, iterations = (ipu.gradient_accumulation, ipu.device_iterations) if training else \
+            (1, self.eval_iterations)
+        per_call = micro * iterations * ipu.replication_factor * accumulation
         args = (torch.zeros(per_call, 3, res, res, dtype=torch.uint8),)
         if training:
             opt = self._optimizer(net, self.cfg.optimizer, self.plan.lr, self.plan.rmsprop_alpha)
@@ -336,12 +345,16 @@ class _Padded(torch.utils.data.Dataset):
         return self.ds[i] if i < self.n else (self.ds[0][0], -1)
 
 
-def _check_ipu(cfg: DictConfig):
+def _check_ipu(cfg: DictConfig) -> int:
+    """Everything a PopTorch compile would reject, from the config alone; returns the IPUs per replica."""
     ipu = cfg.ipu
     for key in ("replication_factor", "device_iterations", "gradient_accumulation"):
-        if not isinstance(ipu[key], int) or isinstance(ipu[key], bool) or ipu[key] < 1:
+        if not _is_count(ipu[key]):
             raise ConfigError(f"ipu.{key}={ipu[key]!r} must be an integer >= 1")
-    for key in ("half", "half_partials"):
+    for key in ("eval_device_iterations", "eval_batch_size"):
+        if ipu[key] is not None and not _is_count(ipu[key]):
+            raise ConfigError(f"ipu.{key}={ipu[key]!r} must be null or an integer >= 1")
+    for key in ("half", "half_partials", "auto_round_num_ipus"):
         if not isinstance(ipu[key], bool):
             raise ConfigError(f"ipu.{key}={ipu[key]!r} must be true or false")
     amp, scale = ipu.available_memory_proportion, ipu.loss_scaling
@@ -359,20 +372,71 @@ def _check_ipu(cfg: DictConfig):
         if OmegaConf.select(cfg, key) not in OPTIMIZERS:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} has no PopTorch mapping with backend=ipu; "
                               f"allowed: {', '.join(OPTIMIZERS)}")
+    for key in ("batch_size", "finetune.batch_size"):
+        _micro_batch(ipu, key, OmegaConf.select(cfg, key))
+    stages = _check_pipeline(cfg)
+    total, replicas = stages * ipu.replication_factor, ipu.replication_factor
+    if total & (total - 1) and not ipu.auto_round_num_ipus:
+        raise ConfigError(f"ipu.replication_factor={replicas} x {stages} IPU(s) per replica (ipu.pipeline) = {total} "
+                          "IPUs; PopTorch only books a power of 2 (1, 2, 4, 8, 16, ...): change the replicas or the "
+                          "pipeline, or set ipu.auto_round_num_ipus=true to book the next power of 2 and leave the "
+                          "rest idle")
+    # A pipeline of N IPUs has 2N - 1 training stages (forward, then backward in reverse, sharing the last IPU)
+    # and N inference stages; each stage needs its own micro-batch in flight.
+    if stages > 1 and ipu.gradient_accumulation < 2 * stages - 1:
+        raise ConfigError(f"ipu.gradient_accumulation={ipu.gradient_accumulation}: training a pipeline over {stages} "
+                          f"IPUs (ipu.pipeline) needs gradient accumulation >= 2 x {stages} - 1 = {2 * stages - 1}")
+    if _eval_iterations(ipu, stages) < stages:
+        raise ConfigError(f"ipu.eval_device_iterations={ipu.eval_device_iterations}: inference through a pipeline "
+                          f"over {stages} IPUs (ipu.pipeline) needs device iterations >= {stages} "
+                          "(null = ipu.device_iterations, raised to the pipeline depth)")
+    return stages
+
+
+def _check_pipeline(cfg: DictConfig) -> int:
+    """Layer names exist, IPU ids rise in execution order; returns the IPUs per replica (highest id + 1)."""
     with torch.device("meta"):  # layer names are checked on a weightless copy
         names = dict(create_model(**model_kwargs(cfg, num_classes=10)).named_modules())
     top = ", ".join(n for n in names if n and "." not in n)
-    seen = set()
-    for i, entry in enumerate(ipu.pipeline):
+    order = {n: i for i, n in enumerate(names)}  # the models register their modules in execution order
+    splits = []
+    for i, entry in enumerate(cfg.ipu.pipeline):
         layer = entry.get("layer") if isinstance(entry, DictConfig) else None
         dev = entry.get("ipu") if isinstance(entry, DictConfig) else None
-        if not layer or layer not in names or layer in seen:
+        if not layer or layer not in names or layer in {s[1] for s in splits}:
             raise ConfigError(f"ipu.pipeline[{i}]={entry!r}: layer must name a distinct submodule of the model "
                               f"(dotted, e.g. blocks.3 = stage 3, blocks.3.0, conv_head); top-level: {top}")
-        if isinstance(dev, bool) or not isinstance(dev, int) or dev < 0:
-            raise ConfigError(f"ipu.pipeline[{i}].ipu={dev!r} must be an IPU index >= 0 (layers before the first "
+        if isinstance(dev, bool) or not isinstance(dev, int) or dev < 1:
+            raise ConfigError(f"ipu.pipeline[{i}].ipu={dev!r} must be an IPU index >= 1 (layers before the first "
                               "split run on IPU 0)")
-        seen.add(layer)
+        splits.append((order[layer], layer, dev, i))
+    last, last_layer = 0, "the stem"
+    for _, layer, dev, i in sorted(splits):
+        if dev <= last:
+            raise ConfigError(f"ipu.pipeline[{i}].ipu={dev} ({layer}) runs after {last_layer} on IPU {last}: IPU ids "
+                              "must rise in execution order (stem on IPU 0), e.g. [{layer: blocks.3, ipu: 1}, "
+                              "{layer: conv_head, ipu: 2}]")
+        last, last_layer = dev, layer
+    return last + 1
+
+
+def _micro_batch(ipu, key: str, global_batch: int) -> int:
+    split = ipu.replication_factor * ipu.gradient_accumulation
+    if global_batch % split:
+        raise ConfigError(f"{key}={global_batch} is the global batch per weight update = micro-batch x "
+                          f"ipu.replication_factor={ipu.replication_factor} x ipu.gradient_accumulation="
+                          f"{ipu.gradient_accumulation}; it must be a multiple of {split}")
+    return global_batch // split
+
+
+def _eval_iterations(ipu, stages: int) -> int:
+    if ipu.eval_device_iterations is not None:
+        return ipu.eval_device_iterations
+    return max(ipu.device_iterations, stages)
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def _mix(mixup, x, y, micro: int, dtype):
