@@ -3,6 +3,16 @@
 import time
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
+
+
+class Bar(TQDMProgressBar):
+    """Lightning's bar without `v_num` (it shows the CSV logger's version, here the phase name, cut short)."""
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
 
 
 class PipelineThroughput(pl.Callback):
@@ -52,3 +62,60 @@ class EvalPipelineThroughput(pl.Callback):
     def img_per_s(self, dataloader_idx: int) -> float:
         images, start, end = self.spans.get(dataloader_idx, (0, 0.0, 0.0))
         return images / (end - start) if end > start else float("nan")
+
+
+def say(line: str, rank_zero: bool = True) -> None:
+    """A plain progress line on stdout, flushed at once (SLURM .out files and CI logs are not terminals)."""
+    if rank_zero:
+        print(f"[g16net] {line}", flush=True)
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class EpochLog(pl.Callback):
+    """One line per epoch on rank 0: phase, epoch/N, train loss, val top-1, img/s, elapsed and ETA of the phase.
+    `on_epoch_end` runs after each epoch (the runner saves the run's wall time there)."""
+
+    def __init__(self, phase: str, on_epoch_end=None):
+        self.phase, self.on_epoch_end = phase, on_epoch_end
+        self._t0 = self._epoch_t0 = self._end = 0.0
+        self._images, self._done, self._loss = 0, 0, 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        self._t0, self._done = time.perf_counter(), 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._epoch_t0, self._images, self._loss = time.perf_counter(), 0, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        n = len(batch[1])
+        self._images += n
+        self._end = time.perf_counter()  # validation, which runs before the epoch ends, is not training speed
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._loss += float(loss) * n
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._done += 1
+        now = time.perf_counter()
+        loss = self._loss / self._images if self._images else None
+        top1 = _first(trainer.callback_metrics, "/top1@")
+        epochs, epoch = trainer.max_epochs, trainer.current_epoch + 1
+        per_epoch = (now - self._t0) / self._done
+        img_s = self._images * trainer.world_size / max(self._end - self._epoch_t0, 1e-9)
+        say(f"{self.phase} epoch {epoch}/{epochs}  loss {_num(loss)}  top-1 {_num(top1, '.2f')}%  "
+            f"{img_s:.1f} img/s  elapsed {_hms(now - self._t0)}  ETA {_hms(per_epoch * (epochs - epoch))}",
+            trainer.is_global_zero)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end()
+
+
+def _first(metrics: dict, suffix: str):
+    return next((v for k, v in metrics.items() if suffix in k), None)
+
+
+def _num(v, fmt: str = ".4f") -> str:
+    return "n/a" if v is None else format(float(v), fmt)

@@ -4,10 +4,13 @@ Every check here is cheap (no data loading, no model weights), so a typo fails i
 names the key, the bad value and what is allowed, instead of after an epoch.
 """
 
+import difflib
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .models import create_model
@@ -27,8 +30,58 @@ CHOICES = {
 }
 
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; raised before any expensive step."""
+
+
+@functools.lru_cache(maxsize=1)
+def known_keys() -> frozenset[str]:
+    """Every dotted key some file of conf/ sets (any group option, preset or series): the keys the app reads.
+    A key outside it can only come from a `+key=value` override, and nothing would read it."""
+    keys = set()
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if k == "defaults" and not prefix:
+                continue
+            keys.add(prefix + str(k))
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    for path in CONF_DIR.rglob("*.yaml"):
+        group = path.parent.relative_to(CONF_DIR).as_posix()
+        if group.split("/")[0] == "hydra":
+            continue
+        text = path.read_text()
+        package = "" if group == "." or "@package _global_" in text[:300] else group
+        node = yaml.safe_load(text) or {}
+        if isinstance(node, dict):
+            walk(node, f"{package.replace('/', '.')}." if package else "")
+            if package:
+                keys.add(package.replace("/", "."))
+    return frozenset(keys)
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Reject keys that no config of the app sets (a misspelled `+epoch=3` would otherwise be ignored)."""
+    known = known_keys()
+
+    def walk(node, prefix):
+        for k in node.keys():
+            key = f"{prefix}{k}"
+            if key not in known:
+                match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+                raise ConfigError(f"unknown config key {key!r} (value {OmegaConf.select(cfg, key)!r}); nothing reads "
+                                  f"it{f', did you mean {match[0]!r}?' if match else ''} (keys are listed in conf/)")
+            v = node._get_node(k) if isinstance(node, DictConfig) else None
+            if isinstance(v, DictConfig) and not v._is_none() and not v._is_missing():
+                if any(x.startswith(key + ".") for x in known):  # an empty dict in conf/ is free-form
+                    walk(v, key + ".")
+
+    walk(cfg, "")
 
 
 @dataclass
@@ -64,6 +117,7 @@ def _positive_int(cfg, key, minimum=1):
 
 def check_config(cfg: DictConfig) -> None:
     """Validate everything that needs no data: choices, counts, the model itself (built on the meta device)."""
+    check_known_keys(cfg)
     for key, allowed in CHOICES.items():
         v = _get(cfg, key)
         if v not in allowed:

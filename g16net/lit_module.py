@@ -99,9 +99,9 @@ class LitClassifier(pl.LightningModule):
         loss = self.compute_loss(*batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}; "
-                "the run is stopped and the last checkpoint kept (it was written before this epoch). Lower "
-                "optimizer.lr / optimizer.lr_per_sample or check the data.")
+                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}, "
+                f"learning rate {self.optimizers().param_groups[0]['lr']:.4g}; the run is stopped (checkpoints of "
+                "earlier epochs are kept). Lower optimizer.lr / optimizer.lr_per_sample or check the data.")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss

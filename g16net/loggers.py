@@ -6,6 +6,29 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed phase appends to it instead, so the
+    file keeps every segment's rows (the step column continues, as Lightning restores the global step)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                header = f.readline().strip()
+            self.metrics_keys = header.split(",") if header else []
+
+
+class AppendingCSVLogger(CSVLogger):
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def make_logger(cfg: DictConfig, run_dir: Path, phase: str) -> Logger | bool:
@@ -15,7 +38,7 @@ def make_logger(cfg: DictConfig, run_dir: Path, phase: str) -> Logger | bool:
     if name == "none":
         return False
     if name == "csv":
-        return CSVLogger(save_dir=str(run_dir), name="logs", version=phase)
+        return AppendingCSVLogger(save_dir=str(run_dir), name="logs", version=phase)
     from pytorch_lightning.loggers import WandbLogger
 
     lg = cfg.logger

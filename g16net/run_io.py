@@ -8,12 +8,20 @@ from pathlib import Path
 METRICS, ERROR = "metrics.json", "error.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write to a temporary file in the same directory, fsync, then rename over `path` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; results must be as readable as any other file the user writes (shared clusters)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -29,10 +37,12 @@ def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_error(run_dir: Path, message: str, last_checkpoint: str | None = None) -> Path:
-    """error.json: why a run stopped, read by `g16net.collect` to list the run as failed."""
-    return atomic_write_json(run_dir / ERROR, {"status": "failed", "error": message,
-                                              "last_checkpoint": last_checkpoint})
+def write_error(run_dir: Path, message: str, last_checkpoint: str | None = None, status: str = "failed",
+                **extra) -> Path:
+    """error.json: why a run stopped (status failed, or stopped by a signal), read by `g16net.collect` to list
+    the run as not complete."""
+    return atomic_write_json(run_dir / ERROR, {"status": status, "error": message,
+                                              "last_checkpoint": last_checkpoint, **extra})
 
 
 def read_metrics(run_dir: Path) -> dict | None:

@@ -6,7 +6,7 @@ Resume (`ckpt_path=last`, same run dir) is phase-aware: a finished phase leaves 
 """
 
 import json
-import shutil
+import logging
 import sys
 import time
 from pathlib import Path
@@ -17,17 +17,24 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from . import __version__
-from .callbacks import EvalPipelineThroughput, PipelineThroughput
+from .callbacks import Bar, EpochLog, EvalPipelineThroughput, PipelineThroughput, say
 from .config import ConfigError, RunPlan, check_config, model_kwargs, plan_run
 from .data import build_data
+from .data.config import auto_workers
 from .efficiency import count_params, forward_macs, measure_throughput
 from .lit_module import LitClassifier
 from .loggers import phase_logger
 from .models import create_model
 from .recipe import build_mixup
 from .run_io import ERROR, METRICS, atomic_write_json
+from .run_safety import claim_run_dir, launch_rank
 
 PHASES = ("train", "finetune")
+WALL_TIME = "wall_time.json"  # under checkpoints/: time spent by earlier segments of a resumed run
+# Lightning's info lines (GPU/TPU available, the litmodels tip, "fit stopped") repeat for every phase's Trainer;
+# its warnings go through `warnings` and stay visible.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+logging.getLogger("lightning_fabric.utilities.rank_zero").setLevel(logging.WARNING)
 _PRECISION = {"32-true": "fp32", "64-true": "fp32", "bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "fp16"}
 
 
@@ -39,19 +46,47 @@ class Run:
         self.t0 = time.time()
         self.cfg, self.run_dir = cfg, Path(run_dir)
         check_config(cfg)
+        if cfg.data.num_workers == "auto":  # resolved here so every backend's loaders see an integer
+            devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+            cfg.data.num_workers = auto_workers(devices)
         try:
             self.data = build_data(cfg.data, model_size=cfg.model.size)
         except (ValueError, FileNotFoundError) as e:  # a bad data config: one clean message, no traceback
             raise ConfigError(str(e)) from None
         self.plan: RunPlan = plan_run(cfg, self.data)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.is_global_zero = True
+        self.is_global_zero = launch_rank() == 0
         self.world_size = 1
+        wall = self.ckpt_dir / WALL_TIME
+        self.earlier_wall_s = json.loads(wall.read_text())["wall_time_s"] if cfg.ckpt_path == "last" and \
+            wall.exists() else 0.0
+
+    def wall_time_s(self) -> float:
+        """Seconds spent on this run so far, over every segment of a resumed run."""
+        return self.earlier_wall_s + time.time() - self.t0
+
+    def save_wall_time(self):
+        if self.is_global_zero and self.ckpt_dir.exists():
+            atomic_write_json(self.ckpt_dir / WALL_TIME, {"wall_time_s": round(self.wall_time_s(), 1)})
+
+    def preflight(self):
+        """The checks that need the device count (batch split, Mixup's even batch) for both phases, before the
+        first epoch rather than after the training phase."""
+        if self.cfg.backend == "lightning":
+            self.trainer("preflight")  # sets world_size; builds no process group
+        self.mixup(self.per_device_batch("batch_size", self.cfg.batch_size))
+        if self.plan.finetune_epochs:
+            f = self.cfg.finetune
+            self.mixup(self.per_device_batch("finetune.batch_size", f.batch_size), f.mixup, key="finetune.mixup")
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def trainer(self, phase: str, epochs: int = 1, callbacks=(), logger=False) -> pl.Trainer:
         t = self.cfg.trainer
         bar = t.progress_bar if t.progress_bar != "auto" else _interactive()
+        if phase in PHASES:  # one plain line per epoch (logs, SLURM .out files); the bar adds live progress
+            callbacks = [*callbacks, EpochLog(phase, on_epoch_end=self.save_wall_time)]
+        if bar:
+            callbacks = [*callbacks, Bar()]
         trainer = pl.Trainer(
             accelerator=self.plan.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
             precision=self.plan.precision, max_epochs=epochs, accumulate_grad_batches=t.accumulate_grad_batches,
@@ -111,15 +146,16 @@ class Run:
         return None
 
     # ---- phases -------------------------------------------------------------------------------------------------
-    def mixup(self, batch: int, enabled: bool = True):
+    def mixup(self, batch: int, enabled: bool = True, key: str = "augment"):
         """The authors' CutMix + Mixup as configured (None when off); it pairs each sample with another of the same
-        device batch, so that batch needs 2 samples or more."""
+        device batch, so that batch needs 2 samples or more. `key` is the setting that turned mixing on."""
         c = self.cfg
         mixup = build_mixup(c.augment, c.model.size, self.plan.num_classes, c.loss.label_smoothing) if enabled else None
         if mixup is not None and batch < 2:
-            raise ConfigError(f"Mixup/CutMix needs a per-device batch of 2 or more, got {batch}; change the batch size "
-                              "(and device/replica/accumulation counts) or turn mixing off (augment.mixup_alpha=0 "
-                              "augment.cutmix_lambda=null)")
+            off = ("finetune.mixup=false" if key == "finetune.mixup"
+                   else "augment.mixup_alpha=0 augment.cutmix_lambda=null")
+            raise ConfigError(f"{key}: Mixup/CutMix needs a per-device batch of 2 or more, got {batch}; change the "
+                              f"batch size (and device/replica/accumulation counts) or turn mixing off ({off})")
         return mixup
 
     def train(self, model) -> dict:
@@ -133,8 +169,14 @@ class Run:
         done = self._done_phase(phase, model)
         if done is not None:
             return done
+        resume = self._resume_from(phase)
+        say(f"== {phase}: {self.cfg.finetune.epochs if phase == 'finetune' else self.cfg.epochs} epoch(s) at "
+            f"{self.plan.finetune_res if phase == 'finetune' else self.plan.train_res} px"
+            + (f", resuming from {resume}" if resume else ""), self.is_global_zero)
         with phase_logger(self.cfg, self.run_dir, phase) as logger:
-            return fit(model, logger)
+            summary = fit(model, logger)
+        self.save_wall_time()
+        return summary
 
     def _train(self, model, logger) -> dict:
         cfg, plan = self.cfg, self.plan
@@ -211,21 +253,33 @@ def make_job(cfg: DictConfig, run_dir: Path) -> Run:
     return Run(cfg, run_dir)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """Run the whole job in `run_dir`; returns the metrics written to metrics.json (None on non-zero ranks)."""
+def run(cfg: DictConfig, run_dir: Path, requeued: bool = False, hydra_files: dict | None = None,
+        state: dict | None = None) -> dict | None:
+    """Run the whole job in `run_dir`; returns the metrics written to metrics.json (None on non-zero ranks).
+
+    `state["claimed"]` tells the caller whether the run dir became this run's (only then may it write
+    error.json there); `hydra_files` are Hydra's .hydra/*.yaml, written once the dir is claimed."""
+    state = {} if state is None else state
+    check_config(cfg)  # cheap checks first: a typo never touches the run dir
+    claim_run_dir(Path(run_dir), cfg, requeued=requeued, hydra_files=hydra_files)
+    state["claimed"] = True
     job = make_job(cfg, run_dir)
-    _guard_run_dir(job.run_dir, cfg)
+    state["job"] = job
     try:
         job.data.maybe_verify()  # data.verify_images: true / false / auto (every file if there are <= 20000)
-    except ValueError as e:  # a corrupt image: named, before any training
+        getattr(job.data, "splits", None)  # lists image folders now: an empty class folder fails here, not later
+    except (ValueError, FileNotFoundError) as e:  # a corrupt image or an empty class: named, before training
         raise ConfigError(str(e)) from None
+    job.preflight()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     plan = job.plan
     model = create_model(**model_kwargs(cfg, plan.num_classes))
     trained = job.train(model)
     before = job.evaluate(model, "eval_before_finetune") if plan.finetune_epochs and cfg.eval.before_finetune else []
+    _say_scores(job, before, "before finetuning")
     tuned = job.finetune(model) if plan.finetune_epochs else None
     final = job.evaluate(model, "eval")
+    _say_scores(job, final, "after finetuning" if tuned else "final")
     if not job.is_global_zero:
         return None
     train_tput, infer_tput, proto = job.throughput(plan.num_classes, trained["per_device_batch"])
@@ -249,7 +303,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
         accumulate_grad_batches=trained.get("accumulate_grad_batches", cfg.trainer.accumulate_grad_batches),
         lr=plan.lr, finetune_lr=plan.finetune_lr if plan.finetune_epochs else None,
         eval=final, eval_before_finetune=before, epochs=trained["epochs"],
-        finetune_epochs=tuned["epochs"] if tuned else 0, wall_time_s=round(time.time() - job.t0, 1),
+        finetune_epochs=tuned["epochs"] if tuned else 0, wall_time_s=round(job.wall_time_s(), 1),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     atomic_write_json(job.run_dir / METRICS, metrics)
@@ -264,19 +318,9 @@ def _epoch_checkpoint(dirpath: Path) -> ModelCheckpoint:
                            enable_version_counter=False)
 
 
-def _guard_run_dir(run_dir: Path, cfg: DictConfig):
-    """A fresh run never overwrites results: it refuses, or with overwrite=true moves them aside first."""
-    existing = [p for p in (run_dir / METRICS, run_dir / "checkpoints") if p.exists()]
-    if not existing or cfg.ckpt_path == "last":
-        return
-    if not cfg.overwrite:
-        raise ConfigError(f"{run_dir} already holds {', '.join(p.name for p in existing)}; pass ckpt_path=last to "
-                          "resume it, overwrite=true to start again (old files are moved to previous-*/), or use "
-                          "another hydra.run.dir")
-    backup = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
-    backup.mkdir()
-    for p in existing:
-        shutil.move(str(p), backup / p.name)
+def _say_scores(job: Run, rows: list[dict], what: str):
+    for r in rows:
+        say(f"   {what}: test {r['resolution']:4d} px  top-1 {r['top1']:6.2f}%", job.is_global_zero)
 
 
 def _interactive() -> bool:

@@ -6,6 +6,8 @@ native resolution, evaluated at several test resolutions; writes metrics.json an
 
 import logging
 import os
+import shlex
+import signal
 import sys
 import traceback
 import warnings
@@ -15,7 +17,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .config import ConfigError
 from .run_io import write_error
@@ -64,29 +66,84 @@ def _own_ddp_world(sweeping: bool):
                 os.environ[k] = v
 
 
-def _resume_if_requeued(cfg: DictConfig) -> None:
-    """SLURM requeues a timed-out/preempted job with the same arguments: continue from its checkpoints."""
+def _resume_if_requeued(cfg: DictConfig) -> bool:
+    """SLURM requeues a timed-out/preempted job with the same arguments: continue from its checkpoints (or start
+    afresh when the first attempt wrote none)."""
     if cfg.ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
         cfg.ckpt_path = "last"
+        return True
+    return False
+
+
+def _last_checkpoint(run_dir: Path) -> str | None:
+    return next((str(p) for p in sorted(run_dir.glob("checkpoints/*/last.ckpt"))), None)
+
+
+def _resume_command(hc, run_dir: Path) -> str:
+    keep = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in
+            ("ckpt_path", "overwrite", "hydra.run.dir")]
+    return shlex.join(["python", "-m", "g16net.train", *keep, f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+
+
+def _keep_out_of(run_dir: Path) -> None:
+    """A refused command must not touch the run dir: detach Hydra's log file there (opened lazily, see
+    conf/train.yaml) before anything is logged."""
+    for logger in (logging.getLogger(), log):
+        for h in list(logger.handlers):
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == run_dir.resolve():
+                logger.removeHandler(h)
+                h.close()
+
+
+def _hydra_files(cfg: DictConfig, hc) -> dict:
+    """What Hydra writes to .hydra/ (its own saving is off: it would overwrite a finished run's config before the
+    app could refuse the command)."""
+    return {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": OmegaConf.to_container(hc)}),
+            "overrides.yaml": OmegaConf.create(list(hc.overrides.task))}
 
 
 def main_job(cfg: DictConfig) -> float | None:
-    """Run one job; in a sweep a failing job records error.json and lets the others go on."""
+    """Run one job; in a sweep a failing job records error.json and lets the others go on. A stopped job (SIGTERM,
+    SIGINT) records why and ends the whole process with 128 + the signal number."""
+    from .run_safety import RunDirRefused, RunStopped, launch_rank, stop_on_signals
     from .runner import run  # heavy imports after Hydra has parsed the command line
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
     _single_job_argv_for_ddp_children(hc)
-    _resume_if_requeued(cfg)
+    requeued = _resume_if_requeued(cfg)
+    state: dict = {}
+    owner = launch_rank() == 0
+
+    def record(message: str, **kw):
+        if state.get("claimed") and owner:
+            if state.get("job") is not None:
+                state["job"].save_wall_time()
+            write_error(run_dir, message, _last_checkpoint(run_dir), **kw)
+
+    def managed_stop(signum):  # submitit will requeue the job; it resumes from its checkpoints
+        record(f"stopped by {signal_name(signum)}; the job manager requeues it", status="stopped")
+
     try:
-        with _own_ddp_world(sweeping):
-            metrics = run(cfg, run_dir)
+        with stop_on_signals(managed_stop), _own_ddp_world(sweeping):
+            metrics = run(cfg, run_dir, requeued=requeued, hydra_files=_hydra_files(cfg, hc), state=state)
+    except RunStopped as e:
+        record(f"stopped by {e.name} before it finished", status="stopped", signal=e.name)
+        last = _last_checkpoint(run_dir)
+        log.error("run stopped by %s%s; resume it with:\n  %s", e.name,
+                  f" (last checkpoint: {last})" if last else " before its first checkpoint",
+                  _resume_command(hc, run_dir))
+        sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001  (recorded, then re-raised or skipped)
         message = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
-        last = next((str(p) for p in sorted(run_dir.glob("checkpoints/*/last.ckpt"))), None)
-        write_error(run_dir, message, last)
-        log.error("run failed: %s%s", message, f" (last good checkpoint: {last})" if last else "")
+        last = _last_checkpoint(run_dir)
+        if isinstance(e, RunDirRefused) or not state.get("claimed"):
+            _keep_out_of(run_dir)
+        else:
+            record(message)
+        log.error("run failed: %s%s", message, f" (last good checkpoint: {last})" if last and state.get("claimed")
+                  else (" (no checkpoint was written yet)" if state.get("claimed") else ""))
         if isinstance(e, ConfigError):
             if not sweeping:
                 sys.exit(2)
@@ -98,10 +155,13 @@ def main_job(cfg: DictConfig) -> float | None:
     if metrics is None:  # not global rank zero
         return None
     head = next(r for r in metrics["eval"] if r["resolution"] == metrics["headline_resolution"])
-    log.info("metrics.json written to %s", run_dir)
-    for r in metrics["eval"]:
-        log.info("  test %4d px: top-1 %.2f%%", r["resolution"], r["top1"])
+    log.info("metrics.json written to %s (headline: %d px, top-1 %.2f%%, %.0f s)", run_dir,
+             metrics["headline_resolution"], head["top1"], metrics["wall_time_s"])
     return head["top1"]
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

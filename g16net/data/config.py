@@ -4,6 +4,7 @@ Every error names the key as `data.<key>`, the bad value, and what is allowed.
 """
 
 import math
+import os
 from collections.abc import Mapping
 
 NAMES = ("synthetic", "cifar10", "cifar100", "imagefolder", "imagenet")
@@ -41,6 +42,13 @@ def to_dict(cfg) -> dict:
     if not isinstance(cfg, Mapping):
         raise TypeError(f"data config must be a mapping (dict or DictConfig), got {type(cfg).__name__}")
     return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
+
+
+def auto_workers(processes_per_node: int = 1) -> int:
+    """`num_workers: auto`: the CPUs this process may use, shared by the node's training processes, less one for
+    the training loop itself; at most 8 (more rarely helps, and each worker holds a copy of the dataset)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus // max(1, processes_per_node) - 1))
 
 
 def is_missing(value) -> bool:
@@ -130,8 +138,10 @@ def validate(cfg) -> dict:
     if tests is not None and not (isinstance(tests, (list, tuple)) and tests
                                   and all(_is_int(r) and r > 0 for r in tests)):
         raise _err("test_resolutions", tests, "null (train, native and native + 32) or a list of positive pixels")
+    if c["num_workers"] == "auto":
+        c["num_workers"] = auto_workers()
     if not _is_int(c["num_workers"]) or c["num_workers"] < 0:
-        raise _err("num_workers", c["num_workers"], "an integer >= 0")
+        raise _err("num_workers", c["num_workers"], "an integer >= 0 or auto (from the CPUs)")
     for key in ("train_size", "val_size"):
         v = c["synthetic"][key]
         if not _is_int(v) or v < 1:

@@ -110,6 +110,9 @@ class ImageFolderSource(DataSource):
             self.class_names = class_dirs(root, where)
         self._has_split = has_split
         n = len(self.class_names)
+        if n < 2:
+            raise ValueError(f"{where}: {root} has {n} class folder ({self.class_names[0]!r}); classification "
+                             "needs at least 2 class subfolders")
         if c["num_classes"] is not None and c["num_classes"] != n:
             raise ValueError(f"data.num_classes={c['num_classes']} but {root} has {n} class folders; "
                              "set num_classes to null to infer it")

@@ -1,0 +1,177 @@
+"""Issue 9: runs that fail loudly, never damage finished results, and say what they are doing."""
+
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+from omegaconf import OmegaConf
+
+from g16net.config import ConfigError, check_config
+from g16net.data.config import auto_workers
+from g16net.lit_module import LitClassifier, NonFiniteLossError
+from g16net.run_io import atomic_write_json
+from g16net.run_safety import RunDirRefused
+from g16net.runner import run
+
+from .conftest import ROOT, TINY, compose_cfg, run_cli
+from .test_train import _image_folder
+
+
+def _snapshot(d):
+    """Every path under d with its bytes' hash and mode: equal snapshots = a byte-identical directory."""
+    return {str(p.relative_to(d)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+                                    stat.S_IMODE(p.stat().st_mode)) for p in sorted(d.rglob("*"))}
+
+
+def _finished_run(d, overrides=()):
+    """A run dir as a finished run leaves it (config, results, checkpoints, logs), without training one."""
+    cfg = compose_cfg([*TINY, *overrides])
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (d / ".hydra" / "overrides.yaml").write_text("- debug=smoke\n")
+    atomic_write_json(d / "metrics.json", {"status": "complete", "model": {"norm": cfg.norm.name}})
+    (d / "checkpoints" / "train").mkdir(parents=True)
+    (d / "checkpoints" / "train" / "last.ckpt").write_bytes(b"weights")
+    (d / "logs" / "train").mkdir(parents=True)
+    (d / "logs" / "train" / "metrics.csv").write_text("epoch,step,train/loss\n0,3,2.3\n")
+    (d / "train.log").write_text("old log\n")
+    return d
+
+
+def test_sigterm_exits_143_records_why_and_resume_keeps_history(tmp_path):
+    args = [*TINY, "logger=csv", "epochs=3", "trainer.limit_train_batches=20", "finetune.epochs=1",
+            "eval.before_finetune=false", "throughput.enabled=false", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "g16net.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    last = tmp_path / "checkpoints" / "train" / "last.ckpt"
+    deadline = time.time() + 400
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    err = json.loads((tmp_path / "error.json").read_text())
+    assert err["status"] == "stopped" and "SIGTERM" in err["error"] and err["last_checkpoint"].endswith("last.ckpt")
+    assert "ckpt_path=last" in out and f"hydra.run.dir={tmp_path}" in out  # how to resume
+    assert "train epoch 1/3  loss" in out and "ETA" in out  # one plain line per epoch, outside a terminal
+    assert "GPU available" not in out and "Tip" not in out
+    rows_before = (tmp_path / "logs" / "train" / "metrics.csv").read_text().splitlines()
+    wall_before = json.loads((tmp_path / "checkpoints" / "wall_time.json").read_text())["wall_time_s"]
+
+    resumed = run_cli([*args, "ckpt_path=last"])
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["epochs"] == 3 and not (tmp_path / "error.json").exists()
+    assert m["wall_time_s"] > wall_before  # every segment counted
+    rows_after = (tmp_path / "logs" / "train" / "metrics.csv").read_text().splitlines()
+    assert rows_after[1:len(rows_before)] == rows_before[1:] and len(rows_after) > len(rows_before)
+    assert "after finetuning: test   64 px  top-1" in resumed.stdout
+
+
+@pytest.mark.parametrize("extra", [["norm=gn"], ["norm=gn", "ckpt_path=last"], ["+epoch=3"]])
+def test_refused_rerun_leaves_the_run_dir_byte_identical(tmp_path, extra):
+    d = _finished_run(tmp_path / "run")
+    before = _snapshot(d)
+    proc = run_cli([*TINY, *extra, f"hydra.run.dir={d}"], check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert _snapshot(d) == before
+    text = proc.stdout + proc.stderr
+    if "ckpt_path=last" in extra:
+        assert "norm.name: run has 'ln_pn', this command 'gn'" in text
+    elif "+epoch=3" in extra:
+        assert "'epoch'" in text and "did you mean 'epochs'" in text
+    else:
+        assert "already holds metrics.json, checkpoints" in text
+
+
+def test_overwrite_moves_every_result_aside(tmp_path):
+    d = _finished_run(tmp_path / "run")
+    before = _snapshot(d)
+    cfg = compose_cfg([*TINY, "overwrite=true", "data.synthetic.train_size=1"])  # fails soon after the move
+    with pytest.raises(Exception):  # noqa: B017  (any failure; only the moved files matter here)
+        run(cfg, d)
+    backup = next(d.glob("previous-*"))
+    assert _snapshot(backup) == before
+    assert not (d / "metrics.json").exists() and not (d / "logs").exists()
+
+
+def test_resume_checks_come_first(tmp_path):
+    with pytest.raises(RunDirRefused, match="holds no checkpoints/ to resume"):
+        run(compose_cfg([*TINY, "ckpt_path=last"]), tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
+    d = tmp_path / "run"
+    (d / "checkpoints" / "train").mkdir(parents=True)
+    (d / ".hydra").mkdir()
+    (d / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose_cfg(TINY)))
+    with pytest.raises(RunDirRefused, match=r"model.size: run has 'b0', this command 'b1'"):
+        run(compose_cfg([*TINY, "model.size=b1", "ckpt_path=last"]), d)
+    run_ok = compose_cfg([*TINY, "ckpt_path=last", "data.num_workers=0"])  # allowed to differ on resume
+    from g16net.run_safety import config_differences
+
+    assert config_differences(OmegaConf.load(d / ".hydra" / "config.yaml"), run_ok) == []
+
+
+def test_unknown_keys_are_rejected_but_presets_compose():
+    with pytest.raises(ConfigError, match=r"unknown config key 'epoch' \(value 3\).*did you mean 'epochs'"):
+        check_config(compose_cfg([*TINY, "+epoch=3"]))
+    with pytest.raises(ConfigError, match="'finetune.epoch'.*did you mean 'finetune.epochs'"):
+        check_config(compose_cfg([*TINY, "+finetune.epoch=1"]))
+    for preset in (["sweep=pareto_cpu"], ["sweep=norm_ablation_cpu"], ["experiment=paper_imagenet"],
+                   ["series=g16_lnpn_half"], ["hydra/launcher=submitit_slurm"]):
+        check_config(compose_cfg([*TINY, *preset]))
+
+
+def test_finetune_mixup_batch_fails_before_training(tmp_path):
+    cfg = compose_cfg([*TINY, "finetune.batch_size=1", "finetune.mixup=true", "augment.mixup_alpha=0.2"])
+    with pytest.raises(ConfigError, match=r"finetune.mixup: Mixup/CutMix .* got 1.*finetune.mixup=false"):
+        run(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints" / "train").exists()
+
+
+def test_single_class_and_empty_class_folders_are_named(tmp_path):
+    one = _image_folder(tmp_path / "one", classes=1, per_class=2)
+    with pytest.raises(ConfigError, match=r"has 1 class folder \('class_0'\).*at least 2"):
+        run(compose_cfg([*TINY, "data=imagefolder", f"data.root={one}"]), tmp_path / "r1")
+    empty = tmp_path / "empty"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (empty / split / c).mkdir(parents=True)
+    proc = run_cli([*TINY, "data=imagefolder", f"data.root={empty}", f"hydra.run.dir={tmp_path / 'r2'}"],
+                   check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in text and str(empty) in text and "no valid file" in text
+
+
+def test_nan_at_epoch_zero_names_the_lr_and_claims_no_checkpoint(tmp_path, monkeypatch):
+    real = LitClassifier.compute_loss
+    monkeypatch.setattr(LitClassifier, "compute_loss", lambda self, x, y: real(self, x, y) * float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 0, step 0, learning rate [0-9.e-]+;") as e:
+        run(compose_cfg(TINY), tmp_path)
+    assert "kept (it was written" not in str(e.value)
+    assert not list(tmp_path.glob("checkpoints/*/last.ckpt"))
+
+
+def test_result_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_num_workers_auto_follows_the_cpus():
+    cpus = len(os.sched_getaffinity(0))
+    assert auto_workers() == max(0, min(8, cpus - 1)) and auto_workers(cpus) == 0
+    assert compose_cfg([*TINY, "data=imagenet"]).data.num_workers == "auto"
+
+
+def test_help_lists_the_main_knobs():
+    out = run_cli(["--help"]).stdout
+    for needle in ("debug=smoke", "ckpt_path=last", "experiment=paper_imagenet", "overwrite=true", "model.size"):
+        assert needle in out
