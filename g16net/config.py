@@ -14,6 +14,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .models import create_model
+from .recipe import rmsprop_decay, time_scale
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
@@ -99,6 +100,8 @@ class RunPlan:
     accelerator: str
     precision: str
     num_classes: int
+    finetune_rmsprop_alpha: float | None = None
+    time_scale: float = 1.0  # the factor on the paper's warmup, LR decay period and weight average (recipe.time_scale)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -195,8 +198,10 @@ def plan_run(cfg: DictConfig, data) -> RunPlan:
     batch = cfg.batch_size
     lr = cfg.optimizer.lr or cfg.optimizer.lr_per_sample * batch
     ft_lr = cfg.finetune.lr or cfg.finetune.lr_per_sample * cfg.finetune.batch_size
-    alpha = cfg.optimizer.alpha if cfg.optimizer.alpha is not None else max(0.0, 1.0 - batch / 16384)
+    alpha = rmsprop_decay(cfg.optimizer.alpha, batch, paper_batch=768)
+    ft_alpha = rmsprop_decay(cfg.finetune.optimizer.alpha, cfg.finetune.batch_size, paper_batch=512)
     headline = finetune_res if ft_epochs else native
     test = sorted(set(test) | {headline})  # the resolution the run is reported at is always evaluated
     return RunPlan(schedule, train, native, finetune_res, test, headline, ft_epochs, float(lr), float(ft_lr), alpha,
-                   accelerator, precision, data.num_classes)
+                   accelerator, precision, data.num_classes, finetune_rmsprop_alpha=ft_alpha,
+                   time_scale=time_scale(cfg))

@@ -68,6 +68,7 @@ class LitClassifier(pl.LightningModule):
         self.ema_every = ema_cfg.every if ema_cfg is not None and ema_cfg.enabled else None
         self.ema = None
         if self.ema_every:
+            self.ema_decay_per_epoch = ema_cfg.decay
             self.ema = ModelEmaV3(model, decay=ema_cfg.decay, use_warmup=ema_cfg.warmup).requires_grad_(False)
         if trainable == "head":
             freeze_all_but_head(model, recalibrate_bn)
@@ -109,6 +110,11 @@ class LitClassifier(pl.LightningModule):
     def on_train_epoch_start(self):
         if self.trainable == "head":
             finetune_modes(self.model, self.recalibrate_bn, self.head_dropout)
+
+    def on_train_start(self):
+        if self.ema_every == "step":  # the configured decay is per epoch: spread it over the epoch's steps
+            steps = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
+            self.ema.decay = self.ema_decay_per_epoch ** (1.0 / steps)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.ema_every == "step":

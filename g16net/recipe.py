@@ -8,6 +8,7 @@ Mixup samplers, and the per-size augmentation table.
 import math
 
 import torch
+from omegaconf import OmegaConf
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from torch import nn
@@ -18,6 +19,29 @@ PAPER_MIXUP = {
     "b6": (0.2, 0.8), "b7": (0.2, 0.8),  # not in the paper's runs: B5's values carried on
 }
 _DECAYED = (nn.modules.conv._ConvNd, nn.Linear)
+PAPER_EPOCHS = 350  # the run length the paper's time constants (warmup, LR decay period, weight average) are for
+
+
+def time_scale(cfg) -> float:
+    """The factor on the paper's time constants: `schedule_scale: auto` = epochs / 350, so a run of any length keeps
+    the paper's shape (warmup over 1.4% of it, LR down to 1.2% of its peak at the end, average over its last ~10%)."""
+    scale = cfg.schedule_scale
+    return cfg.epochs / PAPER_EPOCHS if scale == "auto" else float(scale)
+
+
+def scaled_schedule(scheduler_cfg, ema_cfg, scale: float):
+    """The scheduler and weight-average sections for a run `scale` times the paper's length: warmup and decay period
+    multiplied by `scale`; the average's decay per epoch (given per paper epoch) raised to 1 / scale."""
+    scheduler = OmegaConf.merge(scheduler_cfg, {"warmup_epochs": scheduler_cfg.warmup_epochs * scale,
+                                                "decay_epochs": scheduler_cfg.decay_epochs * scale})
+    return scheduler, OmegaConf.merge(ema_cfg, {"decay": ema_cfg.decay ** (1.0 / scale)})
+
+
+def rmsprop_decay(alpha: float | None, batch: int, paper_batch: int) -> float:
+    """RMSprop's decay rho: as given, or the paper's 1 - batch / 16384 (a 16384-sample average) from the paper's batch
+    up; at smaller batches the paper's number of steps, 16384 / paper_batch, so the start-up of the average (it starts
+    at 1, far above any squared gradient) ends within the warmup as it does in the paper, however short the run."""
+    return float(alpha) if alpha is not None else 1.0 - max(batch, paper_batch) / 16384
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -48,7 +72,7 @@ def build_scheduler(optimizer, cfg, steps_per_epoch: int, epochs: int):
     as TF's EfficientNet); `cosine` = cosine to zero over the phase (the finetuning schedule)."""
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if cfg.name == "step":
-        return StepLRScheduler(optimizer, decay_t=max(1, round(cfg.decay_epochs * steps_per_epoch)),
+        return StepLRScheduler(optimizer, decay_t=max(1.0, cfg.decay_epochs * steps_per_epoch),
                                decay_rate=cfg.decay_rate, warmup_t=warmup, warmup_lr_init=cfg.warmup_lr_init,
                                t_in_epochs=False)
     return CosineLRScheduler(optimizer, t_initial=max(1, steps_per_epoch * epochs), lr_min=0.0, warmup_t=warmup,

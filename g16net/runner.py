@@ -25,7 +25,7 @@ from .efficiency import count_params, forward_macs, measure_throughput
 from .lit_module import LitClassifier
 from .loggers import phase_logger
 from .models import create_model
-from .recipe import build_mixup
+from .recipe import build_mixup, scaled_schedule
 from .run_io import ERROR, METRICS, atomic_write_json
 from .run_safety import claim_run_dir, launch_rank
 
@@ -185,8 +185,9 @@ class Run:
         batch = self.per_device_batch("batch_size", cfg.batch_size)
         mixup = self.mixup(batch)
         optimizer = OmegaConf.merge(cfg.optimizer, {"alpha": plan.rmsprop_alpha})
-        lit = self.lit(model, optimizer_cfg=optimizer, scheduler_cfg=cfg.scheduler, lr=plan.lr, epochs=cfg.epochs,
-                       mixup=mixup, ema_cfg=cfg.ema)
+        scheduler, ema = scaled_schedule(cfg.scheduler, cfg.ema, plan.time_scale)
+        lit = self.lit(model, optimizer_cfg=optimizer, scheduler_cfg=scheduler, lr=plan.lr, epochs=cfg.epochs,
+                       mixup=mixup, ema_cfg=ema)
         lit.set_eval_resolutions([plan.train_res], plan.num_classes)
         trainer.fit(lit, self.loader(self.data.train_dataset(plan.train_res), batch, True),
                     self.loader(self.data.val_dataset(plan.train_res), cfg.eval_batch_size, False),
@@ -204,7 +205,8 @@ class Run:
         batch = self.per_device_batch("finetune.batch_size", f.batch_size)
         recal = (cfg.norm.name == "bn") if f.recalibrate_bn == "auto" else bool(f.recalibrate_bn)
         mixup = self.mixup(batch, f.mixup)
-        lit = self.lit(model, optimizer_cfg=f.optimizer, scheduler_cfg=f.scheduler, lr=plan.finetune_lr,
+        optimizer = OmegaConf.merge(f.optimizer, {"alpha": plan.finetune_rmsprop_alpha})
+        lit = self.lit(model, optimizer_cfg=optimizer, scheduler_cfg=f.scheduler, lr=plan.finetune_lr,
                        epochs=f.epochs, mixup=mixup, trainable=f.layers, recalibrate_bn=recal, head_dropout=f.dropout)
         lit.set_eval_resolutions([plan.finetune_res], plan.num_classes)
         train_set = self.data.train_dataset(plan.finetune_res, eval_transform=f.eval_transform)

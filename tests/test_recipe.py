@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import g16net
-from g16net.recipe import PaperMixCut, param_groups
+from g16net.recipe import PaperMixCut, build_scheduler, param_groups, scaled_schedule
 
 
 def authors_cutmix_draws(lam: float, n: int, size: int, rng: np.random.Generator) -> tuple[float, np.ndarray]:
@@ -87,3 +88,55 @@ def test_weight_decay_follows_the_authors_rule():
     bn_model = g16net.create_model(norm="bn", num_classes=10)
     bn_decay, bn_no = param_groups(bn_model, 1e-5)
     assert len(bn_no["params"]) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn_model.modules()) * 2
+
+
+def _plan(overrides):
+    from g16net.config import plan_run
+    from g16net.data import build_data
+
+    from .conftest import compose_cfg
+
+    cfg = compose_cfg(overrides)
+    return cfg, plan_run(cfg, build_data(cfg.data, model_size=cfg.model.size))
+
+
+def _lr_curve(cfg, plan, steps_per_epoch):
+    sched_cfg, _ = scaled_schedule(cfg.scheduler, cfg.ema, plan.time_scale)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=plan.lr)
+    sched = build_scheduler(opt, sched_cfg, steps_per_epoch, cfg.epochs)
+    lrs = []
+    for step in range(steps_per_epoch * cfg.epochs):
+        sched.step_update(num_updates=step)
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs
+
+
+@pytest.mark.parametrize("epochs", [8, 30])
+def test_short_runs_keep_the_papers_schedule_shape(epochs):
+    """Any run length: warmup over 5/350 of the run, LR down to 0.97^(350/2.4) = 1.2% of its peak at the end, the
+    weight average's per-epoch decay 0.97^(350/epochs); the RMSprop decay stays the paper's 21-step average."""
+    cfg, plan = _plan([f"epochs={epochs}"])
+    steps = 125
+    lrs = _lr_curve(cfg, plan, steps)
+    warmup = round(5 / 350 * epochs * steps)
+    assert max(lrs) == pytest.approx(plan.lr, rel=1e-6) and lrs[warmup] >= 0.9 * plan.lr
+    assert lrs[0] < 0.2 * plan.lr
+    assert lrs[-1] / plan.lr == pytest.approx(0.97 ** (350 / 2.4), rel=0.1)
+    _, ema = scaled_schedule(cfg.scheduler, cfg.ema, plan.time_scale)
+    assert ema.decay == pytest.approx(0.97 ** (350 / epochs))
+    assert plan.rmsprop_alpha == 1 - 768 / 16384 and plan.finetune_rmsprop_alpha == 1 - 512 / 16384
+
+
+def test_paper_preset_is_the_papers_recipe_unscaled(tmp_path):
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / split / c / "0.png")
+    cfg, plan = _plan(["experiment=paper_imagenet", f"data.root={root}", "trainer.accelerator=cpu",
+                       "trainer.precision=32-true"])
+    sched, ema = scaled_schedule(cfg.scheduler, cfg.ema, plan.time_scale)
+    assert plan.time_scale == 1 and (sched.warmup_epochs, sched.decay_epochs, ema.decay) == (5, 2.4, 0.97)
+    assert (plan.lr, plan.rmsprop_alpha) == (0.046875, 0.953125)
+    assert (plan.finetune_lr, plan.finetune_rmsprop_alpha) == (0.25, 0.96875)
+    assert cfg.finetune.optimizer.name == "rmsproptf" and cfg.finetune.scheduler.name == "cosine"

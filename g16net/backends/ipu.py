@@ -32,7 +32,7 @@ from ..config import ConfigError, check_config, model_kwargs
 from ..lit_module import NonFiniteLossError, finetune_modes, freeze_all_but_head
 from ..loggers import phase_logger
 from ..models import create_model
-from ..recipe import build_scheduler, param_groups
+from ..recipe import build_scheduler, param_groups, scaled_schedule
 from ..runner import Run
 
 INSTALL_HELP = (
@@ -129,11 +129,12 @@ class IPURun(Run):
         cfg, plan = self.cfg, self.plan
         micro = self.per_device_batch("batch_size", cfg.batch_size)
         mixup = self.mixup(micro)
+        scheduler, ema_cfg = scaled_schedule(cfg.scheduler, cfg.ema, plan.time_scale)
         ema = None
         if cfg.ema.enabled:
-            ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup).requires_grad_(False)
+            ema = ModelEmaV3(model, decay=ema_cfg.decay, use_warmup=ema_cfg.warmup).requires_grad_(False)
         epochs, tput = self._fit(model, "train", logger, self.data.train_dataset(plan.train_res), micro, cfg.epochs,
-                                 cfg.optimizer, plan.lr, plan.rmsprop_alpha, cfg.scheduler, mixup, ema=ema)
+                                 cfg.optimizer, plan.lr, plan.rmsprop_alpha, scheduler, mixup, ema=ema)
         summary = dict(epochs=epochs, per_device_batch=micro, world_size=self.world_size,
                        train_throughput_pipeline=tput, accumulate_grad_batches=cfg.ipu.gradient_accumulation)
         self._finish_phase("train", model, summary)
@@ -145,7 +146,7 @@ class IPURun(Run):
         recal = (cfg.norm.name == "bn") if f.recalibrate_bn == "auto" else bool(f.recalibrate_bn)
         dataset = self.data.train_dataset(plan.finetune_res, eval_transform=f.eval_transform)
         epochs, _ = self._fit(model, "finetune", logger, dataset, micro, f.epochs, f.optimizer, plan.finetune_lr,
-                              f.optimizer.alpha, f.scheduler, self.mixup(micro, f.mixup),
+                              plan.finetune_rmsprop_alpha, f.scheduler, self.mixup(micro, f.mixup),
                               head=(recal, f.dropout) if f.layers == "head" else None)
         summary = dict(epochs=epochs, per_device_batch=micro, recalibrate_bn=recal)
         self._finish_phase("finetune", model, summary)
