@@ -29,6 +29,7 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from torch import nn
 
 from .norms import check_norm, norm_act_factory
+from .proxy_norm import batched_proxy_stats
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,16 @@ class G16EfficientNet(nn.Module):
         _init_weights(self.classifier)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._forward_features_batched(x)
+        return self._forward_features(x)
+
+    @torch.jit.unused
+    def _forward_features_batched(self, x: torch.Tensor) -> torch.Tensor:
+        with batched_proxy_stats(self):  # Proxy Norm's per-layer statistics as one computation (a no-op for BN/GN/LN)
+            return self._forward_features(x)
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm_stem(self.conv_stem(x))
         return self.norm_head(self.conv_head(self.blocks(x)))
 

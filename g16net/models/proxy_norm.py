@@ -8,7 +8,8 @@ running state, identical in train and eval.
 """
 
 import math
-from contextlib import nullcontext
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -21,17 +22,72 @@ def gaussian_quantiles(n: int) -> torch.Tensor:
     return (math.sqrt(2.0) * torch.erfinv(2.0 * p - 1.0)).float()
 
 
-def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32, or fp64 for fp64 inputs: the statistics and the proxy subtraction never run in half precision."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tracing() -> bool:
+    """True under torch.compile, torch.export or jit.trace: Python-side state (the memo, autograd.Function
+    bookkeeping) must not leak into a captured graph, which gets the plain-op formulation instead."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def _proxy_moments(gamma, beta, proxy_gamma, proxy_beta, quantiles, act: nn.Module, eps: float):
+    """Spec section 2 on (C,) parameters: mu_c, s_c of act(gamma (1 + gamma~) u + gamma beta~ + beta)."""
+    dtype = _compute_dtype(gamma.dtype)
+    if not torch.jit.is_scripting():
+        if isinstance(act, nn.SiLU) and not _tracing():
+            gamma, beta, proxy_gamma, proxy_beta = (t.to(dtype) for t in (gamma, beta, proxy_gamma, proxy_beta))
+            return _ProxySiLUMoments.apply(gamma * (1.0 + proxy_gamma), torch.addcmul(beta, gamma, proxy_beta),
+                                           quantiles.to(dtype), eps)
+    proxy = torch.addcmul(proxy_beta.to(dtype)[:, None], 1.0 + proxy_gamma.to(dtype)[:, None], quantiles.to(dtype))
+    z = act(torch.addcmul(beta.to(dtype)[:, None], gamma.to(dtype)[:, None], proxy))
+    # Population variance, as in the authors' code, as E[z^2] - mu^2: var_mean's Welford loop is ~10x slower on
+    # CPU, and z = act(O(1) input) is O(1), so the cancellation costs no digits that matter next to eps = 0.03.
+    mu = z.mean(dim=1)
+    var = (z * z).mean(dim=1) - mu * mu
+    return mu, torch.rsqrt(var + eps)
+
+
+class _ProxySiLUMoments(torch.autograd.Function):
+    """(mu, s) of silu(a u + b) over the quantiles u, per channel, with a hand-written backward.
+
+    The proxy is C x n (13k x 200 for all of a B0's layers at once): as large as an activation at 64 px, so
+    autograd's ~16 passes over it (and the copies it keeps) cost like a norm layer. This one makes ~8 and keeps
+    only (C,) vectors. With q = -gs s^3 / n and p = gmu / n - q mu, dL/dz = p + q z (from var = E z^2 - mu^2).
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, u, eps: float):
+        z = F.silu(torch.addr(b[:, None], a, u), inplace=True)
+        mu = z.mean(dim=1)
+        var = torch.linalg.vector_norm(z, dim=1).square() / u.numel() - mu * mu  # population variance
+        s = torch.rsqrt(var + eps)
+        ctx.save_for_backward(a, b, u, mu, s)
+        return mu, s
+
+    @staticmethod
+    def backward(ctx, gmu, gs):
+        a, b, u, mu, s = ctx.saved_tensors
+        n = u.numel()
+        gmu = torch.zeros_like(mu) if gmu is None else gmu
+        gs = torch.zeros_like(s) if gs is None else gs
+        y = torch.addr(b[:, None], a, u)
+        q = -gs * s.pow(3) / n
+        p = gmu / n - q * mu
+        dy = torch.ops.aten.silu_backward(torch.addcmul(p[:, None], q[:, None], F.silu(y)), y)
+        g = dy @ torch.stack([u, torch.ones_like(u)], 1)  # d/da = sum_i dy_i u_i, d/db = sum_i dy_i: one matmul
+        return g[:, 0], g[:, 1], None, None
 
 
 class ProxyNormAct2d(nn.Module):
     """`(act(gamma * x + beta) - mu) * s` per channel, where x is the already LN/GN-normalized (N, C, H, W) input.
 
     mu, s are the mean and 1 / sqrt(var + eps) of act(gamma * y + beta) over the proxy y = (1 + gamma~) u + beta~.
-    They are recomputed in fp32 from the parameters in every forward (O(C * n), negligible next to a conv), so
-    gradients flow through them into all four parameters exactly as in the authors' hand-written backward.
-    Parameter names: `weight`/`bias` = gamma/beta (no weight decay, like any norm affine);
+    They are recomputed in fp32 from the parameters in every training forward (O(C * n), negligible next to a
+    conv), so gradients flow through them into all four parameters exactly as in the authors' hand-written
+    backward. Parameter names: `weight`/`bias` = gamma/beta (no weight decay, like any norm affine);
     `proxy_weight`/`proxy_bias` = gamma~/beta~ (weight decay applies, as in the paper).
     """
 
@@ -50,45 +106,60 @@ class ProxyNormAct2d(nn.Module):
         self.register_buffer("quantiles", gaussian_quantiles(n_points), persistent=False)
         self._memo = None
 
+        self._pending = None  # (mu, s) handed over by `batched_proxy_stats` for the next forward only
+
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _proxy_moments(self.weight, self.bias, self.proxy_weight, self.proxy_bias, self.quantiles, self.act,
+                              self.eps)
+
     def proxy_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, s), each of shape (C,), in fp32 (or fp64 for fp64 parameters) whatever autocast says.
 
-        Written with fused ops (addcmul, var_mean): it runs once per PN layer per step, forward and backward, so
-        its op count, not its arithmetic, is what it costs at small resolutions.
+        Without autograd they are constants of the parameters: eager inference reuses them until a parameter is
+        replaced or updated in place (an optimizer step or `load_state_dict` bumps its version counter).
         """
-        params = tuple(self.parameters())
-        # Without autograd the result is a pure function of the parameters: reuse it while they are the same
-        # tensors, unmodified (in-place updates bump `_version`). A memo, not state: nothing is learned or saved.
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
-        if not torch.is_grad_enabled() and self._memo is not None and self._memo[0] == key:
-            return self._memo[1]
-        dtype = _at_least_fp32(self.weight.dtype)
+        if torch.jit.is_scripting():
+            return self._stats()
+        if _tracing():
+            return self._stats()
+        if self._pending is not None:
+            stats, self._pending = self._pending, None
+            return stats
+        params = (self.weight, self.bias, self.proxy_weight, self.proxy_bias)
+        versions = tuple(p._version for p in params)
+        memo = self._memo
+        # Identity (`is`) on the parameter tensors the memo holds, so no pointer is read and no id can be reused.
+        if (not torch.is_grad_enabled() and memo is not None and memo[1] == versions
+                and all(a is b for a, b in zip(memo[0], params))):
+            return memo[2]
         device = self.quantiles.device.type
         with torch.autocast(device, enabled=False) if device != "meta" else nullcontext():
-            gamma, beta, pgamma, pbeta = (p.to(dtype)[:, None] for p in params)
-            proxy = torch.addcmul(pbeta, 1.0 + pgamma, self.quantiles.to(dtype))
-            var, mu = torch.var_mean(self.act(torch.addcmul(beta, gamma, proxy)), dim=1, correction=0)
-            stats = mu, torch.rsqrt(var + self.eps)  # population variance, as in the authors' code
-        self._memo = None if torch.is_grad_enabled() else (key, stats)
+            stats = self._stats()
+        self._memo = None if torch.is_grad_enabled() else (params, versions, stats)
         return stats
 
-    def normalize_activated(self, y: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """(y - mu) * s = y * s - mu * s on an already activated tensor, in (at least) fp32.
+    def _apply(self, fn, recurse=True):
+        self._memo = None  # .to()/.half() swap parameter data without touching their version counters
+        return super()._apply(fn, recurse)
 
-        The per-channel multiply-add runs through the eval-mode batch-norm kernel (zero mean, unit variance, eps 0,
-        weight s, bias -mu s): one pass forward, and one fused pass backward for the input, s and the shift
-        (an `addcmul` needs three). Measured in `python -m g16net.bench --pn-impl fused,reference`.
+    def normalize_activated(self, y: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """(y - mu) * s = y * s + (-mu * s) on an already activated tensor, in (at least) fp32: one pass.
+
+        In eager inference it writes into y, which the caller owns, so the whole layer allocates one tensor.
         """
         mu, s = self.proxy_stats()
-        y = y.to(_at_least_fp32(y.dtype))
+        y = y.to(_compute_dtype(y.dtype))
         s = s.to(y.dtype)
-        out = F.batch_norm(y, s.new_zeros(s.shape), s.new_ones(s.shape), s, -mu.to(y.dtype) * s, False, 0.0, 0.0)
-        return out.to(out_dtype)
+        shift = -mu.to(y.dtype) * s
+        if not torch.jit.is_scripting():
+            if not torch.is_grad_enabled() and not _tracing():
+                return _channel_affine_(y, s, shift).to(out_dtype)
+        return torch.addcmul(shift.view(1, -1, 1, 1), y, s.view(1, -1, 1, 1)).to(out_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The spec's formula op by op: the readable reference (GroupNormProxyAct2d runs the fused form)."""
+        """The spec's formula op by op: the readable reference (GroupNormProxyAct2d runs the fast forms)."""
         mu, s = self.proxy_stats()
-        x32 = x.to(_at_least_fp32(x.dtype))
+        x32 = x.to(_compute_dtype(x.dtype))
         y = self.act(x32 * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1))
         return ((y - mu.view(1, -1, 1, 1)) * s.view(1, -1, 1, 1)).to(x.dtype)
 
@@ -96,14 +167,114 @@ class ProxyNormAct2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}, n_points={self.n_points}"
 
 
+def _channel_affine_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """y[:, c] = y[:, c] * scale[c] + shift[c] in place, through the eval-mode batch-norm kernel (mean 0, var 1,
+    eps 0): one vectorized pass, about half the CPU time of a broadcasting addcmul and free of an allocation."""
+    c, empty = y.shape[1], scale.new_empty(0)
+    torch.ops.aten.native_batch_norm.out(y, scale, shift, scale.new_zeros(c), scale.new_ones(c), False, 0.0, 0.0,
+                                         out=y, save_mean=empty, save_invstd=empty.clone())
+    return y
+
+
+@contextmanager
+def batched_proxy_stats(model: nn.Module):
+    """Within the block, every ProxyNormAct2d of `model` gets (mu, s) computed for all layers at once.
+
+    Per layer the statistics are a handful of tiny ops forward and backward; over the ~50 PN layers of a B0 that
+    per-op overhead, not arithmetic, is what PN costs at small resolutions. Concatenating the parameters makes
+    it one set of ops per step. The values are those of `proxy_stats` (same formula, row by row). Only for eager
+    autograd: inference reuses each layer's memo, and compiled/exported graphs fuse the per-layer ops anyway.
+    """
+    layers = [m for m in model.modules() if isinstance(m, ProxyNormAct2d)]
+    if len(layers) < 2 or not torch.is_grad_enabled() or _tracing():
+        yield
+        return
+    groups = defaultdict(list)
+    for m in layers:
+        groups[(type(m.act), m.eps, m.n_points, m.weight.dtype, m.weight.device, m.quantiles.dtype)].append(m)
+    try:
+        for ms in groups.values():
+            device = ms[0].quantiles.device.type
+            with torch.autocast(device, enabled=False) if device != "meta" else nullcontext():
+                params = [torch.cat([getattr(m, n) for m in ms]) for n in
+                          ("weight", "bias", "proxy_weight", "proxy_bias")]
+                mu, s = _proxy_moments(*params, ms[0].quantiles, ms[0].act, ms[0].eps)
+            sizes = [m.num_features for m in ms]
+            for m, mu_m, s_m in zip(ms, mu.split(sizes), s.split(sizes)):
+                m._pending = mu_m, s_m
+        yield
+    finally:
+        for m in layers:
+            m._pending = None
+
+
+class _GroupNormProxySiLU(torch.autograd.Function):
+    """group_norm(x) -> gamma, beta -> SiLU -> (. - mu) * s, keeping only x and per-group statistics for backward.
+
+    Autograd through the same ops would keep three full tensors per layer (norm input, pre-activation,
+    activation); here the pre-activation is recomputed in backward (one pass) and the output, which the next conv
+    keeps anyway, gives sum(grad * (z - mu)) = sum(grad * out) / s. Per layer that is what plain LN keeps.
+    The forward writes in place into the one tensor it allocates. The same trick as timm's/apex's fused norm+act.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, mu, s, groups: int, eps: float):
+        n, c = x.shape[:2]
+        hw = x.numel() // (n * c)
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(mu.dtype)
+            a, mean, rstd = torch.ops.aten.native_group_norm(xc, gamma.to(mu.dtype), beta.to(mu.dtype), n, c, hw,
+                                                             groups, eps)
+            out = _channel_affine_(F.silu(a, inplace=True), s, -mu * s)
+        ctx.groups, ctx.hw = groups, hw
+        exact = out.dtype == x.dtype  # else the output is rounded: sum(grad * out) would be too, recompute instead
+        out = out.to(x.dtype)
+        ctx.exact = exact
+        ctx.save_for_backward(x, gamma, beta, mean, rstd, mu, s, out if exact else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, gamma, beta, mean, rstd, mu, s, out = ctx.saved_tensors
+        n, c, groups = x.shape[0], x.shape[1], ctx.groups
+        dtype = mu.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            xc, g = x.to(dtype), grad.to(dtype)
+            gm, bt = gamma.to(dtype), beta.to(dtype)
+            # Pre-activation a = gamma * (x - mean) * rstd + beta: one per-(sample, channel) multiply-add, run as an
+            # eval batch norm over N * C "channels" (the fastest such kernel on CPU, see `_channel_affine_`).
+            per_ch = lambda t: t.view(n, groups, 1).expand(n, groups, c // groups).reshape(n * c)
+            scale = per_ch(rstd) * gm.repeat(n)
+            shift = bt.repeat(n) - per_ch(mean) * scale
+            a = F.batch_norm(xc.reshape(1, n * c, -1), torch.zeros_like(scale), torch.ones_like(scale), scale, shift,
+                             False, 0.0, 0.0).view(x.shape)
+            one = torch.ones_like(s)
+            if out is None:  # low-precision output: the channel sums come from the fp32 activation instead
+                z = F.silu(a)
+                _, sgz, sg = torch.ops.aten.native_batch_norm_backward(
+                    g, z, one, None, None, mu, one, True, 0.0, [False, True, True])
+                ds = sgz
+            else:
+                _, sgo, sg = torch.ops.aten.native_batch_norm_backward(
+                    g, out.to(dtype), one, None, None, torch.zeros_like(s), one, True, 0.0, [False, True, True])
+                ds = sgo / s
+            # d/da without the per-channel factor s, which goes into the norm's weight (for dx) and its sums.
+            ga = torch.ops.aten.silu_backward.grad_input(g, a, grad_input=a)
+            dx, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
+                ga, xc, mean, rstd, gm * s, n, c, ctx.hw, groups, [ctx.needs_input_grad[0], True, True])
+        dx = None if dx is None else dx.to(x.dtype)
+        return dx, (dgamma * s).to(gamma.dtype), (dbeta * s).to(beta.dtype), -s * sg, ds, None, None
+
+
 class GroupNormProxyAct2d(nn.Module):
     """LN/GN (no affine) followed by Proxy Norm, or, with `apply_act=False`, LN/GN with a scale only.
 
     The scale-only form is what the authors put after the project 1x1 conv (no activation follows, and a shift
-    would be redundant with the next block's norm). `fused=True` (default): PN's affine goes into `F.group_norm`
-    (normalize + affine in one kernel) and the proxy correction into one batch-norm-kernel pass (see
-    `ProxyNormAct2d.normalize_activated`). `fused=False`: group_norm without affine, then `ProxyNormAct2d`, the
-    spec's formula op by op; the same function, kept as the readable reference.
+    would be redundant with the next block's norm). `fused=True` (default): PN's affine goes into the group norm
+    (normalize + affine in one kernel) and the proxy correction is one multiply-add; eager training with SiLU runs
+    `_GroupNormProxySiLU` (keeps what plain LN keeps), everything else (inference, torch.compile, export, trace,
+    script) the same ops through autograd or none. `fused=False`: group_norm without affine, then
+    `ProxyNormAct2d`, the spec's formula op by op; the same function, kept as the readable reference.
     """
 
     def __init__(
@@ -122,9 +293,18 @@ class GroupNormProxyAct2d(nn.Module):
             self.weight = nn.Parameter(torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pn is None:
+        pn = self.pn
+        if pn is None:
             return F.group_norm(x, self.num_groups, self.weight, None, self.eps)
         if not self.fused:
-            return self.pn(F.group_norm(x, self.num_groups, None, None, self.eps))
-        y = F.group_norm(x, self.num_groups, self.pn.weight, self.pn.bias, self.eps)
-        return self.pn.normalize_activated(self.pn.act(y), x.dtype)
+            return pn(F.group_norm(x, self.num_groups, None, None, self.eps))
+        if not torch.jit.is_scripting():
+            if torch.is_grad_enabled() and isinstance(pn.act, nn.SiLU) and not _tracing():
+                return self._forward_recompute(x)
+        y = F.group_norm(x.to(_compute_dtype(x.dtype)), self.num_groups, pn.weight, pn.bias, self.eps)
+        return pn.normalize_activated(F.silu(y, inplace=True) if isinstance(pn.act, nn.SiLU) else pn.act(y), x.dtype)
+
+    @torch.jit.unused
+    def _forward_recompute(self, x: torch.Tensor) -> torch.Tensor:
+        mu, s = self.pn.proxy_stats()
+        return _GroupNormProxySiLU.apply(x, self.pn.weight, self.pn.bias, mu, s, self.num_groups, self.eps)
