@@ -4,7 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+import g16net
+from g16net.bench import set_pn_impl
+from g16net.efficiency import saved_activation_bytes
 from g16net.models import GroupNormProxyAct2d, ProxyNormAct2d, gaussian_quantiles
+from g16net.models.proxy_norm import _moments, _proxy_preactivation, _ProxySiLUMoments, batched_proxy_stats
 
 
 def _set(pn: ProxyNormAct2d, beta: float, gamma: float, pbeta: float, pgamma: float) -> ProxyNormAct2d:
@@ -146,6 +150,104 @@ def test_inference_reuses_statistics_until_a_parameter_changes():
         assert pn.proxy_stats()[0] is first[0]  # reused
         pn.proxy_bias.add_(0.5)  # what an optimizer step does
         moved = pn.proxy_stats()
-    assert moved[0] is not first[0] and not torch.allclose(moved[0], first[0])
-    assert torch.equal(moved[0], pn.proxy_stats()[0].detach())  # grad mode recomputes, same values
+        assert moved[0] is not first[0] and not torch.allclose(moved[0], first[0])
+        pn.load_state_dict({k: v.clone() for k, v in ProxyNormAct2d(3).state_dict().items()})
+        assert torch.allclose(pn.proxy_stats()[0], first[0], atol=1e-6)  # loaded weights are seen
+        assert pn.double().proxy_stats()[0].dtype == torch.float64  # .to() swaps the data: memo dropped
+        pn.float()
+    assert torch.allclose(first[0], pn.proxy_stats()[0].detach(), atol=1e-6)  # grad mode recomputes, same values
     assert pn.proxy_stats()[0].requires_grad  # and keeps the graph for the parameters' gradients
+
+
+def _random_params(layer: nn.Module, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return layer
+
+
+def _fused_and_reference(layer, x, weight, autocast_dtype=None):
+    """Output and gradients (input, then parameters) of the fused and the reference formulation."""
+    results = []
+    for fused in (True, False):
+        layer.fused = fused
+        xi = x.detach().clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            y = layer(xi)
+        grads = torch.autograd.grad((y.float() * weight).sum(), [xi, *layer.parameters()])
+        results.append((y.detach().float(), y.grad_fn.name(), grads))
+    return results
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_fast_path_gradcheck_fp64(groups):
+    """The recomputing autograd.Function (eager training path) against finite differences, all five inputs."""
+    layer = _random_params(GroupNormProxyAct2d(8, num_groups=groups, n_points=16)).double()
+    names = [n for n, _ in layer.named_parameters()]
+    x = torch.randn(2, 8, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert "GroupNormProxySiLU" in layer(x).grad_fn.name()  # the fast path is the one checked
+
+    def f(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
+
+    inputs = (x, *(p.detach().clone().requires_grad_(True) for p in layer.parameters()))
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)
+
+
+def test_proxy_silu_moments_match_autograd_formula_and_gradcheck():
+    torch.manual_seed(0)
+    params = [torch.randn(5, dtype=torch.float64) * 0.3 + v for v in (1.0, 0.0, 0.0, 0.0)]
+    u = gaussian_quantiles(32).double()
+    a, b = params[0] * (1 + params[2]), params[0] * params[3] + params[1]
+    fast = _ProxySiLUMoments.apply(a, b, u, 0.03)
+    ref = _moments(nn.SiLU()(_proxy_preactivation(*params, u)), 0.03)
+    assert all(torch.allclose(f, r, atol=1e-12) for f, r in zip(fast, ref))
+    ab = (a.clone().requires_grad_(True), b.clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(lambda a, b: _ProxySiLUMoments.apply(a, b, u, 0.03), ab)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("autocast_dtype, atol", [(None, 1e-5), (torch.bfloat16, 3e-2)])
+def test_fast_path_matches_reference_formula(groups, mode, autocast_dtype, atol):
+    layer = _random_params(GroupNormProxyAct2d(8, num_groups=groups), seed=groups)
+    getattr(layer, mode)()
+    x = torch.randn(3, 8, 5, 5) * 2 + 0.5
+    x = x.bfloat16() if autocast_dtype else x
+    weight = torch.linspace(-1, 1, x.numel()).view(x.shape)
+    (y_fast, fn_fast, g_fast), (y_ref, _, g_ref) = _fused_and_reference(layer, x, weight, autocast_dtype)
+    assert "GroupNormProxySiLU" in fn_fast
+    assert torch.allclose(y_fast, y_ref, atol=atol)
+    for gf, gr in zip(g_fast, g_ref):
+        assert torch.allclose(gf.float(), gr.float(), atol=atol * 10, rtol=1e-2 if autocast_dtype else 1e-4)
+    with torch.no_grad():  # inference path: the one in-place affine after the activation
+        layer.fused = True
+        y_inf = layer(x)
+    assert torch.allclose(y_inf.float(), y_ref, atol=atol)
+
+
+def test_batched_statistics_equal_per_layer_ones():
+    model = g16net.create_model("b0", norm="ln_pn", num_classes=3)
+    layers = [m for m in model.modules() if isinstance(m, ProxyNormAct2d)]
+    _random_params(model)
+    per_layer = [m.proxy_stats() for m in layers]
+    with batched_proxy_stats(model):
+        assert all(m._pending is not None for m in layers)
+        batched = [m.proxy_stats() for m in layers]
+    assert all(m._pending is None for m in layers)  # handed over once, nothing left behind
+    for (mu, s), (mu_b, s_b) in zip(per_layer, batched):
+        assert torch.allclose(mu, mu_b, atol=1e-6) and torch.allclose(s, s_b, atol=1e-5)
+    w = torch.randn(sum(m.num_features for m in layers))
+    grads = [torch.autograd.grad((torch.cat([s for _, s in st]) * w).sum(), layers[5].parameters())
+             for st in (per_layer, batched)]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
+
+
+def test_fast_path_keeps_no_more_activations_than_plain_ln():
+    """Recomputing the pre-activation keeps PN's saved tensors at plain LN's, not 1.3x as autograd would."""
+    x = torch.randn(2, 3, 64, 64)
+    ln = saved_activation_bytes(g16net.create_model(norm="ln").train(), x)
+    fast = saved_activation_bytes(g16net.create_model(norm="ln_pn").train(), x)
+    reference = saved_activation_bytes(set_pn_impl(g16net.create_model(norm="ln_pn"), "reference").train(), x)
+    assert fast <= 1.05 * ln < reference

@@ -29,7 +29,7 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from torch import nn
 
 from .norms import check_norm, norm_act_factory
-from .proxy_norm import batched_proxy_stats
+from .proxy_norm import batched_proxy_stats, tracing
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,7 @@ class G16EfficientNet(nn.Module):
             nn.Sequential(*(blk for blk, b in zip(blocks, plan) if b["stage"] == s)) for s in range(len(STAGES))
         ))
 
+        self.feature_info = _feature_info(plan)
         self.num_features = make_divisible(HEAD_CHS * spec.width, 8)
         self.conv_head = nn.Conv2d(plan[-1]["out_chs"], self.num_features, 1, bias=False)
         self.norm_head = norm_act(self.num_features)
@@ -193,7 +194,8 @@ class G16EfficientNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            return self._forward_features_batched(x)
+            if not tracing():  # compiled/exported graphs fuse the per-layer statistics themselves
+                return self._forward_features_batched(x)
         return self._forward_features(x)
 
     @torch.jit.unused
@@ -213,6 +215,17 @@ class G16EfficientNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _feature_info(plan: list[dict]) -> list[dict]:
+    """timm's feature_info: the last stage at each output stride (2, 4, 8, 16, 32), as timm's EfficientNet."""
+    info, reduction = [], 2  # the stem's stride
+    for stage in range(len(STAGES)):
+        blocks = [b for b in plan if b["stage"] == stage]
+        reduction *= blocks[0]["stride"]
+        if stage == len(STAGES) - 1 or STAGES[stage + 1][3] > 1:
+            info.append(dict(num_chs=blocks[-1]["out_chs"], reduction=reduction, module=f"blocks.{stage}"))
+    return info
 
 
 def _init_weights(m: nn.Module):

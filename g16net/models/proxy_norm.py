@@ -27,27 +27,37 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     """True under torch.compile, torch.export or jit.trace: Python-side state (the memo, autograd.Function
     bookkeeping) must not leak into a captured graph, which gets the plain-op formulation instead."""
     return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
-def _proxy_moments(gamma, beta, proxy_gamma, proxy_beta, quantiles, act: nn.Module, eps: float):
-    """Spec section 2 on (C,) parameters: mu_c, s_c of act(gamma (1 + gamma~) u + gamma beta~ + beta)."""
+def _proxy_preactivation(gamma, beta, proxy_gamma, proxy_beta, quantiles) -> torch.Tensor:
+    """(C, n): gamma * y + beta over the proxy y = (1 + gamma~) u + beta~, in fp32 (fp64 for fp64 parameters)."""
     dtype = _compute_dtype(gamma.dtype)
-    if not torch.jit.is_scripting():
-        if isinstance(act, nn.SiLU) and not _tracing():
-            gamma, beta, proxy_gamma, proxy_beta = (t.to(dtype) for t in (gamma, beta, proxy_gamma, proxy_beta))
-            return _ProxySiLUMoments.apply(gamma * (1.0 + proxy_gamma), torch.addcmul(beta, gamma, proxy_beta),
-                                           quantiles.to(dtype), eps)
     proxy = torch.addcmul(proxy_beta.to(dtype)[:, None], 1.0 + proxy_gamma.to(dtype)[:, None], quantiles.to(dtype))
-    z = act(torch.addcmul(beta.to(dtype)[:, None], gamma.to(dtype)[:, None], proxy))
-    # Population variance, as in the authors' code, as E[z^2] - mu^2: var_mean's Welford loop is ~10x slower on
-    # CPU, and z = act(O(1) input) is O(1), so the cancellation costs no digits that matter next to eps = 0.03.
+    return torch.addcmul(beta.to(dtype)[:, None], gamma.to(dtype)[:, None], proxy)
+
+
+def _moments(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean and 1 / sqrt(population variance + eps), as in the authors' code.
+
+    The variance is E[z^2] - mu^2: var_mean's Welford loop is ~10x slower on CPU, and z = act(O(1) input) is
+    O(1), so the cancellation costs no digits that matter next to eps = 0.03.
+    """
     mu = z.mean(dim=1)
-    var = (z * z).mean(dim=1) - mu * mu
-    return mu, torch.rsqrt(var + eps)
+    return mu, torch.rsqrt((z * z).mean(dim=1) - mu * mu + eps)
+
+
+def _proxy_moments(gamma, beta, proxy_gamma, proxy_beta, quantiles, act: nn.Module, eps: float):
+    """Spec section 2 on (C,) parameters: mu_c, s_c of act(gamma (1 + gamma~) u + gamma beta~ + beta). Eager only."""
+    if isinstance(act, nn.SiLU):
+        dtype = _compute_dtype(gamma.dtype)
+        gamma, beta, proxy_gamma, proxy_beta = (t.to(dtype) for t in (gamma, beta, proxy_gamma, proxy_beta))
+        return _ProxySiLUMoments.apply(gamma * (1.0 + proxy_gamma), torch.addcmul(beta, gamma, proxy_beta),
+                                       quantiles.to(dtype), eps)
+    return _moments(act(_proxy_preactivation(gamma, beta, proxy_gamma, proxy_beta, quantiles)), eps)
 
 
 class _ProxySiLUMoments(torch.autograd.Function):
@@ -104,13 +114,13 @@ class ProxyNormAct2d(nn.Module):
         self.act = act_layer()
         # A constant, not state: kept out of the state_dict so checkpoints carry only the four parameters.
         self.register_buffer("quantiles", gaussian_quantiles(n_points), persistent=False)
-        self._memo = None
-
+        self._memo = None  # eager inference: (parameters, their versions, (mu, s))
         self._pending = None  # (mu, s) handed over by `batched_proxy_stats` for the next forward only
 
     def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return _proxy_moments(self.weight, self.bias, self.proxy_weight, self.proxy_bias, self.quantiles, self.act,
-                              self.eps)
+        """The spec's formula op by op, through autograd: what scripted, traced and compiled graphs run."""
+        z = self.act(_proxy_preactivation(self.weight, self.bias, self.proxy_weight, self.proxy_bias, self.quantiles))
+        return _moments(z, self.eps)
 
     def proxy_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, s), each of shape (C,), in fp32 (or fp64 for fp64 parameters) whatever autocast says.
@@ -120,7 +130,7 @@ class ProxyNormAct2d(nn.Module):
         """
         if torch.jit.is_scripting():
             return self._stats()
-        if _tracing():
+        if tracing():
             return self._stats()
         if self._pending is not None:
             stats, self._pending = self._pending, None
@@ -134,7 +144,8 @@ class ProxyNormAct2d(nn.Module):
             return memo[2]
         device = self.quantiles.device.type
         with torch.autocast(device, enabled=False) if device != "meta" else nullcontext():
-            stats = self._stats()
+            stats = _proxy_moments(self.weight, self.bias, self.proxy_weight, self.proxy_bias, self.quantiles,
+                                   self.act, self.eps)
         self._memo = None if torch.is_grad_enabled() else (params, versions, stats)
         return stats
 
@@ -152,7 +163,7 @@ class ProxyNormAct2d(nn.Module):
         s = s.to(y.dtype)
         shift = -mu.to(y.dtype) * s
         if not torch.jit.is_scripting():
-            if not torch.is_grad_enabled() and not _tracing():
+            if not torch.is_grad_enabled() and not tracing():
                 return _channel_affine_(y, s, shift).to(out_dtype)
         return torch.addcmul(shift.view(1, -1, 1, 1), y, s.view(1, -1, 1, 1)).to(out_dtype)
 
@@ -186,7 +197,7 @@ def batched_proxy_stats(model: nn.Module):
     autograd: inference reuses each layer's memo, and compiled/exported graphs fuse the per-layer ops anyway.
     """
     layers = [m for m in model.modules() if isinstance(m, ProxyNormAct2d)]
-    if len(layers) < 2 or not torch.is_grad_enabled() or _tracing():
+    if len(layers) < 2 or not torch.is_grad_enabled() or tracing():
         yield
         return
     groups = defaultdict(list)
@@ -299,7 +310,7 @@ class GroupNormProxyAct2d(nn.Module):
         if not self.fused:
             return pn(F.group_norm(x, self.num_groups, None, None, self.eps))
         if not torch.jit.is_scripting():
-            if torch.is_grad_enabled() and isinstance(pn.act, nn.SiLU) and not _tracing():
+            if torch.is_grad_enabled() and isinstance(pn.act, nn.SiLU) and not tracing():
                 return self._forward_recompute(x)
         y = F.group_norm(x.to(_compute_dtype(x.dtype)), self.num_groups, pn.weight, pn.bias, self.eps)
         return pn.normalize_activated(F.silu(y, inplace=True) if isinstance(pn.act, nn.SiLU) else pn.act(y), x.dtype)
