@@ -5,6 +5,7 @@ measured under the same (resolution, mode, precision, layout, compile) settings,
 
   python -m g16net.bench --norms bn,gn,ln,ln_pn --res 64,128 --batch 32              # CPU, fp32
   python -m g16net.bench --res 160,224 --precision bf16 --layout nchw,nhwc --compile 0,1 --batch 128   # GPU
+  python -m g16net.bench --norms ln,ln_pn --base ln                          # Proxy Norm's price over plain LN
 """
 
 import argparse
@@ -50,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--layout", type=_csv_list(str), default=["nchw"], help="nchw and/or nhwc (channels_last)")
     p.add_argument("--compile", type=_csv_list(int), default=[0], help="0 and/or 1 (torch.compile)")
     p.add_argument("--pn-impl", type=_csv_list(str), default=["fused"], help=f"any of {PN_IMPLS}")
+    p.add_argument("--base", default=None,
+                   help="ratio denominator: one of --peers, or one of --norms for our model with that norm (e.g. ln "
+                        "to price Proxy Norm against plain LayerNorm); default: the first peer")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
@@ -67,6 +71,9 @@ def parse_args(argv=None):
     for name in args.models + args.peers:
         if not timm.is_model(name):
             p.error(f"unknown model {name!r}; ours: {', '.join(timm.list_models('g*_efficientnet_*'))}")
+    if args.base is not None and args.base not in args.peers + args.norms:
+        p.error(f"--base {args.base!r} is neither a peer nor a norm of this run; allowed: "
+                f"{', '.join(args.peers + args.norms)}")
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     if min(args.res) < 32:
@@ -98,22 +105,23 @@ def run(args) -> list[dict]:
     cols = ("model", "norm", "res", "mode", "prec", "layout", "comp", "params_M", "GMACs", "img/s", "ratio",
             "act_MB", "peak_MB")
     print(_fmt_row(cols), flush=True)
-    rows, base = [], {}
+    rows = []
     models = [(label, norm, build()) for label, norm, build in _candidates(args)]
+    base_name = args.base or (args.peers[0] if args.peers else None)
+    # The first model matching --base (a peer's name, or our model's norm); the first row when none matches.
+    base_i = next((i for i, (label, norm, _) in enumerate(models) if base_name in (label, norm)), 0)
     for res, mode, prec, layout, comp in itertools.product(args.res, args.modes, args.precision, args.layout,
                                                            args.compile):
-        key = (res, mode, prec, layout, comp)
         samples = [[] for _ in models]
         for _ in range(args.repeats):
             for i, (_, _, model) in enumerate(models):
                 samples[i].append(measure_throughput(model, res, args.batch, mode, args.warmup, args.steps, prec,
                                                      layout == "nhwc", bool(comp), device))
-        for (label, norm, model), runs in zip(models, samples):
-            t = sorted(runs, key=lambda m: m.img_per_s)[len(runs) // 2]
-            base.setdefault(key, t.img_per_s)
+        medians = [sorted(runs, key=lambda m: m.img_per_s)[len(runs) // 2] for runs in samples]
+        for (label, norm, model), t in zip(models, medians):
             row = dict(model=label, norm=norm, res=res, mode=mode, prec=prec, layout=layout, comp=comp,
                        params_M=count_params(model) / 1e6, GMACs=forward_macs(model, res) / 1e9,
-                       **{"img/s": t.img_per_s, "ratio": t.img_per_s / base[key],
+                       **{"img/s": t.img_per_s, "ratio": t.img_per_s / medians[base_i].img_per_s,
                           "act_MB": t.activation_mb, "peak_MB": t.peak_mem_mb},
                        batch=args.batch, repeats=args.repeats, device=device)
             rows.append(row)
@@ -131,7 +139,7 @@ def _header(device, args) -> str:
     return (f"# device={device} ({name}), torch {torch.__version__}, timm {timm.__version__}, "
             f"threads={torch.get_num_threads()}, batch={args.batch}, warmup={args.warmup}, steps={args.steps}, "
             f"median of {args.repeats} interleaved repeats; ratio = img/s / "
-            f"{args.peers[0] if args.peers else 'first row'} at the same settings")
+            f"{args.base or (args.peers[0] if args.peers else 'first row')} at the same settings")
 
 
 def _fmt_row(values) -> str:

@@ -57,7 +57,20 @@ def test_bench_cli_prints_and_writes_rows(tmp_path, capsys):
     assert all(float(r["GMACs"]) > float(peer[0]["GMACs"]) for r in ours)  # G16 costs more MACs than G1
 
 
+def test_bench_base_prices_proxy_norm_against_plain_ln(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    rc = bench.main(["--norms", "ln,ln_pn", "--peers", "efficientnet_b0", "--base", "ln", "--res", "32",
+                     "--batch", "2", "--warmup", "1", "--steps", "1", "--repeats", "1", "--modes", "train",
+                     "--num-classes", "10", "--csv", str(out)])
+    assert rc == 0 and "ratio = img/s / ln" in capsys.readouterr().out
+    rows = {r["norm"]: r for r in csv.DictReader(out.open())}
+    assert float(rows["ln"]["ratio"]) == 1.0
+    for norm in ("-", "ln_pn"):
+        assert float(rows[norm]["ratio"]) == pytest.approx(float(rows[norm]["img/s"]) / float(rows["ln"]["img/s"]))
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--norms", "ln,ln_pn", "--base", "gn"], "--base 'gn' is neither a peer nor a norm of this run"),
     (["--norms", "batchnorm"], "--norms: unknown ['batchnorm']; allowed: bn, gn, ln, ln_pn, gn_pn"),
     (["--models", "resnet9000"], "unknown model 'resnet9000'"),
     (["--res", "16"], "--res values must be >= 32"),
