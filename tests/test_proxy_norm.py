@@ -210,10 +210,11 @@ def test_proxy_silu_moments_match_autograd_formula_and_gradcheck():
 @pytest.mark.parametrize("groups", [1, 4])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("autocast_dtype, atol", [(None, 1e-5), (torch.bfloat16, 3e-2)])
-def test_fast_path_matches_reference_formula(groups, mode, autocast_dtype, atol):
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fast_path_matches_reference_formula(groups, mode, autocast_dtype, atol, memory_format):
     layer = _random_params(GroupNormProxyAct2d(8, num_groups=groups), seed=groups)
     getattr(layer, mode)()
-    x = torch.randn(3, 8, 5, 5) * 2 + 0.5
+    x = (torch.randn(3, 8, 5, 5) * 2 + 0.5).contiguous(memory_format=memory_format)
     x = x.bfloat16() if autocast_dtype else x
     weight = torch.linspace(-1, 1, x.numel()).view(x.shape)
     (y_fast, fn_fast, g_fast), (y_ref, _, g_ref) = _fused_and_reference(layer, x, weight, autocast_dtype)

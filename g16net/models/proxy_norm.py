@@ -95,10 +95,10 @@ class ProxyNormAct2d(nn.Module):
     """`(act(gamma * x + beta) - mu) * s` per channel, where x is the already LN/GN-normalized (N, C, H, W) input.
 
     mu, s are the mean and 1 / sqrt(var + eps) of act(gamma * y + beta) over the proxy y = (1 + gamma~) u + beta~.
-    They are recomputed in fp32 from the parameters in every training forward (O(C * n), negligible next to a
-    conv), so gradients flow through them into all four parameters exactly as in the authors' hand-written
-    backward. Parameter names: `weight`/`bias` = gamma/beta (no weight decay, like any norm affine);
-    `proxy_weight`/`proxy_bias` = gamma~/beta~ (weight decay applies, as in the paper).
+    They are recomputed in fp32 from the parameters in every training forward (O(C * n), for all layers at once
+    under `batched_proxy_stats`), so gradients flow through them into all four parameters exactly as in the
+    authors' hand-written backward. Parameter names: `weight`/`bias` = gamma/beta (no weight decay, like any norm
+    affine); `proxy_weight`/`proxy_bias` = gamma~/beta~ (weight decay applies, as in the paper).
     """
 
     def __init__(self, num_features: int, eps: float = 0.03, n_points: int = 200, act_layer=nn.SiLU):
@@ -191,9 +191,9 @@ def _channel_affine_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) 
 def batched_proxy_stats(model: nn.Module):
     """Within the block, every ProxyNormAct2d of `model` gets (mu, s) computed for all layers at once.
 
-    Per layer the statistics are a handful of tiny ops forward and backward; over the ~50 PN layers of a B0 that
-    per-op overhead, not arithmetic, is what PN costs at small resolutions. Concatenating the parameters makes
-    it one set of ops per step. The values are those of `proxy_stats` (same formula, row by row). Only for eager
+    Per layer the statistics are a handful of tiny ops forward and backward; over the 33 PN layers of a B0 that
+    per-op overhead is much of what PN costs at small resolutions. Concatenating the parameters makes it one set
+    of ops per step. The values are those of `proxy_stats` (same formula, row by row). Only for eager
     autograd: inference reuses each layer's memo, and compiled/exported graphs fuse the per-layer ops anyway.
     """
     layers = [m for m in model.modules() if isinstance(m, ProxyNormAct2d)]
@@ -240,7 +240,6 @@ class _GroupNormProxySiLU(torch.autograd.Function):
         ctx.groups, ctx.hw = groups, hw
         exact = out.dtype == x.dtype  # else the output is rounded: sum(grad * out) would be too, recompute instead
         out = out.to(x.dtype)
-        ctx.exact = exact
         ctx.save_for_backward(x, gamma, beta, mean, rstd, mu, s, out if exact else None)
         return out
 
