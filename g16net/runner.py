@@ -27,7 +27,7 @@ from .loggers import phase_logger
 from .models import create_model
 from .recipe import build_mixup, scaled_schedule
 from .run_io import ERROR, METRICS, atomic_write_json
-from .run_safety import claim_run_dir, launch_rank
+from .run_safety import claim_run_dir, config_differences, launch_rank
 
 PHASES = ("train", "finetune")
 WALL_TIME = "wall_time.json"  # under checkpoints/: time spent by earlier segments of a resumed run
@@ -74,10 +74,34 @@ class Run:
         first epoch rather than after the training phase."""
         if self.cfg.backend == "lightning":
             self.trainer("preflight")  # sets world_size; builds no process group
+            self.check_checkpoint_fits()
         self.mixup(self.per_device_batch("batch_size", self.cfg.batch_size))
         if self.plan.finetune_epochs:
             f = self.cfg.finetune
             self.mixup(self.per_device_batch("finetune.batch_size", f.batch_size), f.mixup, key="finetune.mixup")
+
+    def check_checkpoint_fits(self):
+        """`ckpt_path=PATH` from another model or config: say so, with the differing keys where the checkpoint's
+        run dir still has its config, instead of Lightning's raw state_dict error after the data is loaded."""
+        path = self.cfg.ckpt_path
+        if path in (None, "last"):
+            return
+        # Lightning checkpoints hold pickled loop state besides tensors; the user named this file as their own.
+        state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+        with torch.device("meta"):
+            model = create_model(**model_kwargs(self.cfg, self.plan.num_classes))
+        want = {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+        have = {k: tuple(v.shape) for k, v in state.items() if k.startswith("model.")}
+        bad = sorted(set(want) ^ set(have)) + sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
+        if not bad:
+            return
+        parents = Path(path).resolve().parents  # <run>/checkpoints/<phase>/last.ckpt
+        saved = parents[2] / ".hydra" / "config.yaml" if len(parents) > 2 else Path("/nonexistent")
+        diff = config_differences(OmegaConf.load(saved), self.cfg) if saved.is_file() else []
+        raise ConfigError(f"ckpt_path={path} was made with another model: {len(bad)} weights differ (e.g. "
+                          f"{', '.join(bad[:3])}); "
+                          + (f"its run's config ({saved}) differs in: {'; '.join(diff[:8])}. " if diff else "")
+                          + "Resume with the config it was trained with, or drop ckpt_path to start afresh")
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def trainer(self, phase: str, epochs: int = 1, callbacks=(), logger=False) -> pl.Trainer:

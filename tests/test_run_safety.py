@@ -175,3 +175,17 @@ def test_help_lists_the_main_knobs():
     out = run_cli(["--help"]).stdout
     for needle in ("debug=smoke", "ckpt_path=last", "experiment=paper_imagenet", "overwrite=true", "model.size"):
         assert needle in out
+
+
+def test_checkpoint_from_another_model_is_named_before_training(tmp_path):
+    """ckpt_path=PATH made with norm=ln_pn, resumed with norm=gn: a clean error naming the differing config key,
+    before any epoch (no logs written), instead of Lightning's state_dict dump."""
+    src = tmp_path / "src"
+    run_cli([*TINY, "finetune.epochs=0", "throughput.enabled=false", f"hydra.run.dir={src}"])
+    ckpt = src / "checkpoints" / "train" / "last.ckpt"
+    dst = tmp_path / "dst"
+    proc = run_cli([*TINY, "norm=gn", f"ckpt_path={ckpt}", f"hydra.run.dir={dst}"], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "was made with another model" in out and "norm.name: run has 'ln_pn', this command 'gn'" in out
+    assert not (dst / "logs").exists()
