@@ -311,7 +311,8 @@ class GroupNormProxyAct2d(nn.Module):
         if not torch.jit.is_scripting():
             if torch.is_grad_enabled() and isinstance(pn.act, nn.SiLU) and not tracing():
                 return self._forward_recompute(x)
-        y = F.group_norm(x.to(_compute_dtype(x.dtype)), self.num_groups, pn.weight, pn.bias, self.eps)
+        dtype = _compute_dtype(x.dtype)  # half-precision models (IPU) too: the norm runs in fp32
+        y = F.group_norm(x.to(dtype), self.num_groups, pn.weight.to(dtype), pn.bias.to(dtype), self.eps)
         return pn.normalize_activated(F.silu(y, inplace=True) if isinstance(pn.act, nn.SiLU) else pn.act(y), x.dtype)
 
     @torch.jit.unused
