@@ -205,8 +205,9 @@ def test_imagefolder_eval_resize_and_centre_crop(tmp_path):
     arr = np.zeros((60, 90, 3), np.uint8)
     arr[:, :30, 0] = arr[:, 30:60, 1] = arr[:, 60:, 2] = 255
     for split in ("train", "val"):
-        (tmp_path / split / "a").mkdir(parents=True)
-        Image.fromarray(arr).save(tmp_path / split / "a" / "x.png")
+        for c in ("a", "b"):  # classification needs 2 classes; class a's one image is the one looked at
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(arr).save(tmp_path / split / c / "x.png")
     img = build_data(folder_cfg(tmp_path, crop_pct=0.5)).val_dataset(32)[0][0].float()
     # short side resized to 64 (32 / 0.5): width 96, centre crop 32 covers only the green middle third
     assert img.shape == (3, 32, 32) and img[1].mean() > 250 and img[0].max() < 5 and img[2].max() < 5
@@ -288,11 +289,11 @@ def test_error_no_class_subfolders(tmp_path):
 
 def test_error_class_folders_without_images(tmp_path):
     for split in ("train", "val"):
-        (tmp_path / split / "a").mkdir(parents=True)
-        (tmp_path / split / "a" / "notes.txt").write_text("x")
-    src = build_data(folder_cfg(tmp_path))
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            (tmp_path / split / c / "notes.txt").write_text("x")
     with pytest.raises(FileNotFoundError, match=r"data\.root.*no valid file"):
-        src.train_dataset(32)
+        build_data(folder_cfg(tmp_path)).train_dataset(32)
 
 
 def test_error_flat_folder_needs_split_fraction(flat_tree):

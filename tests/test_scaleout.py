@@ -21,7 +21,7 @@ def test_ddp_two_processes_write_one_run(tmp_path):
     run_cli([*TINY, *DDP_CPU, f"hydra.run.dir={run_dir}"], cwd=cwd)
     m = _metrics(run_dir)
     assert (m["world_size"], m["global_batch_size"], m["per_device_batch_size"]) == (2, 16, 8)
-    assert m["lr"] == pytest.approx(16 * 2**-14)  # scaled from the global batch, not the per-device one
+    assert m["lr"] == pytest.approx(16 * 2**-16)  # scaled from the global batch, not the per-device one
     assert list(cwd.iterdir()) == []  # rank 1 reused rank 0's run dir: no stray outputs/ anywhere
     assert [p.name for p in run_dir.iterdir() if p.name == "metrics.json"] == ["metrics.json"]
 
@@ -58,9 +58,10 @@ def test_requeued_slurm_job_resumes_instead_of_refusing(tmp_path):
     first = _metrics(tmp_path)["wall_time_s"]
     refused = run_cli([*TINY, f"hydra.run.dir={tmp_path}"], check=False)
     assert refused.returncode == 2 and "ckpt_path=last" in refused.stderr + refused.stdout
-    run_cli([*TINY, f"hydra.run.dir={tmp_path}"], env={"SLURM_RESTART_COUNT": "1"})  # what SLURM sets on requeue
+    again = run_cli([*TINY, f"hydra.run.dir={tmp_path}"], env={"SLURM_RESTART_COUNT": "1"})  # as on requeue
     resumed = _metrics(tmp_path)
-    assert resumed["status"] == "complete" and resumed["wall_time_s"] < first  # phases reloaded, not retrained
+    assert resumed["status"] == "complete" and "phase 'train' already finished" in again.stdout + again.stderr
+    assert resumed["wall_time_s"] >= first  # the wall time adds up every segment of the run
 
 
 @pytest.mark.slow
