@@ -41,12 +41,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m g16net.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=_csv_list(str), default=["g16_efficientnet_b0"],
                    help="our timm names, e.g. g16_efficientnet_b0,g1_efficientnet_b0")
-    p.add_argument("--norms", type=_csv_list(str), default=["bn", "gn", "ln", "ln_pn"])
+    p.add_argument("--norms", type=_csv_list(str), default=["bn", "gn", "ln", "ln_pn"],
+                   help=f"norms of our models, comma-separated; any of {', '.join(NORMS)}")
     p.add_argument("--peers", type=_csv_list(str), default=["efficientnet_b0", "efficientnet_b0_gn"],
                    help="timm models measured in the same run; ratios are against the first")
-    p.add_argument("--res", type=_csv_list(int), default=[64, 128])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--modes", type=_csv_list(str), default=["train", "infer"])
+    p.add_argument("--res", type=_csv_list(int), default=[64, 128], help="input sizes in pixels, comma-separated")
+    p.add_argument("--batch", type=int, default=32, help="images per step (training and inference)")
+    p.add_argument("--modes", type=_csv_list(str), default=["train", "infer"],
+                   help="train (forward + backward + optimizer step) and/or infer (no-grad forward)")
     p.add_argument("--precision", type=_csv_list(str), default=["fp32"], help=f"any of {PRECISIONS}")
     p.add_argument("--layout", type=_csv_list(str), default=["nchw"], help="nchw and/or nhwc (channels_last)")
     p.add_argument("--compile", type=_csv_list(int), default=[0], help="0 and/or 1 (torch.compile)")
@@ -54,9 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--base", default=None,
                    help="ratio denominator: one of --peers, or one of --norms for our model with that norm (e.g. ln "
                         "to price Proxy Norm against plain LayerNorm); default: the first peer")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--num-classes", type=int, default=1000, help="classifier width (ImageNet: 1000)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (allocator, autotuning)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     p.add_argument("--repeats", type=int, default=3,
                    help="measure every model this many times, interleaved, and report the median (CPU clocks drift)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")

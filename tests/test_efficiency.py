@@ -80,3 +80,18 @@ def test_bench_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_bench_help_explains_every_flag(capsys):
+    import re
+
+    from g16net.bench import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    flags = re.findall(r"^  (--[a-z-]+)", text, flags=re.M)
+    assert len(flags) >= 15
+    for flag in flags:  # every option line (or the line after it) carries a description
+        block = text.split(flag, 1)[1].split("\n  --", 1)[0]
+        assert len(re.sub(r"[A-Z_]+", "", block).strip()) > 10, flag
