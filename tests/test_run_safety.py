@@ -44,18 +44,23 @@ def _finished_run(d, overrides=()):
     return d
 
 
-def test_sigterm_exits_143_records_why_and_resume_keeps_history(tmp_path):
-    args = [*TINY, "logger=csv", "epochs=3", "trainer.limit_train_batches=20", "finetune.epochs=1",
-            "eval.before_finetune=false", "throughput.enabled=false", f"hydra.run.dir={tmp_path}"]
+def _sigterm_once_written(args, path) -> tuple[int, str]:
+    """`python -m g16net.train ARGS`, sent SIGTERM as soon as `path` exists; (exit code, output)."""
     proc = subprocess.Popen([sys.executable, "-m", "g16net.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    last = tmp_path / "checkpoints" / "train" / "last.ckpt"
     deadline = time.time() + 400
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143, out[-3000:]
+    return proc.returncode, out
+
+
+def test_sigterm_exits_143_records_why_and_resume_keeps_history(tmp_path):
+    args = [*TINY, "logger=csv", "epochs=3", "trainer.limit_train_batches=20", "finetune.epochs=1",
+            "eval.before_finetune=false", "throughput.enabled=false", f"hydra.run.dir={tmp_path}"]
+    code, out = _sigterm_once_written(args, tmp_path / "checkpoints" / "train" / "last.ckpt")
+    assert code == 143, out[-3000:]
     err = json.loads((tmp_path / "error.json").read_text())
     assert err["status"] == "stopped" and "SIGTERM" in err["error"] and err["last_checkpoint"].endswith("last.ckpt")
     assert "ckpt_path=last" in out and f"hydra.run.dir={tmp_path}" in out  # how to resume
@@ -189,3 +194,14 @@ def test_checkpoint_from_another_model_is_named_before_training(tmp_path):
     out = proc.stdout + proc.stderr
     assert "was made with another model" in out and "norm.name: run has 'ln_pn', this command 'gn'" in out
     assert not (dst / "logs").exists()
+
+
+def test_sigterm_inside_a_sweep_stops_it_non_zero_and_records_why(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "norm=gn,ln_pn", "epochs=3", "trainer.limit_train_batches=20", "finetune.epochs=1",
+            "eval.before_finetune=false", "throughput.enabled=false", f"hydra.sweep.dir={sweep}"]
+    code, out = _sigterm_once_written(args, sweep / "0" / "checkpoints" / "train" / "last.ckpt")
+    assert code == 143, out[-3000:]
+    err = json.loads((sweep / "0" / "error.json").read_text())
+    assert err["status"] == "stopped" and "SIGTERM" in err["error"]
+    assert not (sweep / "0" / "metrics.json").exists() and not (sweep / "1" / "metrics.json").exists()
