@@ -117,7 +117,7 @@ class PaperMixCut:
             return x, target
         top, bottom, left, right = box
         x = x.clone()
-        x[..., top:bottom, left:right] = x.roll(2, 0)[..., top:bottom, left:right]
+        x[..., top:bottom, left:right] = x[..., top:bottom, left:right].roll(2, 0)  # only the box moves
         kept = 1.0 - (bottom - top) * (right - left) / (x.shape[-2] * x.shape[-1])  # the actual kept fraction
         return x, kept * target + (1.0 - kept) * target.roll(2, 0)
 
