@@ -19,7 +19,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from numbers import Real
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from g16net.results import (
     format_value,
     mean_table_row,
 )
+from g16net.run_io import atomic_open
 
 REQUIRED_TOP = ["status", "model", "schedule", "params", "train_resolution", "train_macs",
                 "train_throughput", "eval"]
@@ -195,26 +195,13 @@ def collect(paths) -> tuple[list[dict], list[tuple[str, str]]]:
 
 
 def write_csv(rows: list[dict], out, columns=ALL_COLUMNS) -> Path:
-    """Write atomically: a temp file in the target dir, then os.replace, so ``out`` is never half-written."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for r in rows:
-                writer.writerow([format_value(r.get(c)) for c in columns])
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give it ordinary file permissions
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    """Written atomically, so ``out`` is never half-written."""
+    with atomic_open(out, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([format_value(r.get(c)) for c in columns])
+    return Path(out)
 
 
 def mean_path(out) -> Path:

@@ -6,15 +6,16 @@ names the key, the bad value and what is allowed, instead of after an epoch.
 
 import difflib
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .models import create_model
-from .recipe import rmsprop_decay, time_scale
+from .backends import Device
+from .models import check_size, create_model
+from .recipe import build_mixup, rmsprop_decay, time_scale
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
@@ -85,8 +86,10 @@ def check_known_keys(cfg: DictConfig) -> None:
     walk(cfg, "")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunPlan:
+    """Every "auto"/null of the config resolved, from the config, the data and the backend's device: the one place
+    that says at which resolutions, batch sizes and learning rates this run trains and is evaluated."""
     schedule: str
     train_res: int
     native_res: int
@@ -97,14 +100,12 @@ class RunPlan:
     lr: float
     finetune_lr: float
     rmsprop_alpha: float | None
-    accelerator: str
-    precision: str
+    finetune_rmsprop_alpha: float | None
+    time_scale: float  # the factor on the paper's warmup, LR decay period and weight average (recipe.time_scale)
     num_classes: int
-    finetune_rmsprop_alpha: float | None = None
-    time_scale: float = 1.0  # the factor on the paper's warmup, LR decay period and weight average (recipe.time_scale)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+    device: Device
+    batch: int  # per device
+    finetune_batch: int | None  # per device; None without finetuning
 
 
 def _get(cfg: DictConfig, key: str):
@@ -147,10 +148,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def model_kwargs(cfg: DictConfig, num_classes: int) -> dict:
-    m = cfg.model
-    return dict(size=m.size, group_size=m.group_size, expand_ratio=m.expand_ratio, norm=cfg.norm.name,
-                group_rule=m.group_rule, num_classes=num_classes, drop_rate=m.drop_rate,
-                drop_path_rate=m.drop_path_rate)
+    """`create_model` arguments: the model section as it is (its keys are the function's), plus norm and classes."""
+    return {**OmegaConf.to_container(cfg.model, resolve=True), "norm": cfg.norm.name, "num_classes": num_classes}
 
 
 def _resolution_list(cfg, key) -> list[int] | None:
@@ -162,14 +161,14 @@ def _resolution_list(cfg, key) -> list[int] | None:
     return sorted(set(v))
 
 
-def plan_run(cfg: DictConfig, data) -> RunPlan:
-    """Resolve resolutions, LRs and precision. `data` is the DataSource (it knows native/half resolutions)."""
+def plan_run(cfg: DictConfig, data, device: Device) -> RunPlan:
+    """Resolve resolutions (config, else the data's, else the model size's), per-device batches, LRs and RMSprop
+    decays. `data` is the DataSource; `device` the backend's (how the global batch splits)."""
+    size = check_size(cfg.model.size)
     schedule = cfg.resolution.schedule
-    native = cfg.resolution.native or data.native_resolution
-    if not native:
-        raise ConfigError(f"no native resolution for data={cfg.data.name!r}: set data.native_resolution or "
-                          "resolution.native (pixels)")
-    train = cfg.resolution.train or (data.half_resolution if schedule == "half" else native)
+    native = cfg.resolution.native or data.native_resolution or size.native_res
+    half = data.half_resolution or size.half_res
+    train = cfg.resolution.train or (half if schedule == "half" else native)
     if not train:
         raise ConfigError(f"resolution=half but data {cfg.data.name!r} (model.size={cfg.model.size}) has no half "
                           "resolution; set resolution.train=PIXELS or data.half_resolution")
@@ -186,6 +185,40 @@ def plan_run(cfg: DictConfig, data) -> RunPlan:
             f"train resolution {train} is above the test resolution {highest_test} "
             f"({'finetune.resolution' if ft_epochs else 'native resolution'}); the method trains at or below it. "
             "Set resolution.allow_train_above_test=true if this is intended.")
+    batch = _per_device_batch("batch_size", cfg.batch_size, device)
+    ft_batch = _per_device_batch("finetune.batch_size", cfg.finetune.batch_size, device) if ft_epochs else None
+    mixing = build_mixup(cfg.augment, cfg.model.size, data.num_classes, 0.0) is not None
+    _check_mixup_batch("augment", batch, mixing)
+    if ft_epochs:
+        _check_mixup_batch("finetune.mixup", ft_batch, mixing and cfg.finetune.mixup)
+    lr = cfg.optimizer.lr or cfg.optimizer.lr_per_sample * cfg.batch_size
+    ft_lr = cfg.finetune.lr or cfg.finetune.lr_per_sample * cfg.finetune.batch_size
+    alpha = rmsprop_decay(cfg.optimizer.alpha, cfg.batch_size, paper_batch=768)
+    ft_alpha = rmsprop_decay(cfg.finetune.optimizer.alpha, cfg.finetune.batch_size, paper_batch=512)
+    headline = finetune_res if ft_epochs else native
+    test = sorted(set(test) | {headline})  # the resolution the run is reported at is always evaluated
+    return RunPlan(schedule, train, native, finetune_res, test, headline, ft_epochs, float(lr), float(ft_lr), alpha,
+                   ft_alpha, time_scale(cfg), data.num_classes, device, batch, ft_batch)
+
+
+def _per_device_batch(key: str, global_batch: int, device: Device) -> int:
+    if global_batch % device.batch_split:
+        raise ConfigError(f"{key}={global_batch} is the global batch and must divide evenly over "
+                          f"{device.split_keys}: a multiple of {device.batch_split}")
+    return global_batch // device.batch_split
+
+
+def _check_mixup_batch(key: str, batch: int, mixing: bool) -> None:
+    """The authors' CutMix + Mixup pair each sample with another of the same device batch."""
+    if mixing and batch < 2:
+        off = "finetune.mixup=false" if key == "finetune.mixup" else "augment.mixup_alpha=0 augment.cutmix_lambda=null"
+        raise ConfigError(f"{key}: Mixup/CutMix needs a per-device batch of 2 or more, got {batch}; change the "
+                          f"batch size (and device/replica/accumulation counts) or turn mixing off ({off})")
+
+
+def resolve_accelerator(cfg: DictConfig) -> tuple[str, str]:
+    """(accelerator, precision) for trainer.accelerator / trainer.precision "auto": a visible GPU and bf16-mixed,
+    else the CPU and fp32."""
     accelerator = cfg.trainer.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
@@ -195,13 +228,4 @@ def plan_run(cfg: DictConfig, data) -> RunPlan:
     precision = cfg.trainer.precision
     if precision == "auto":
         precision = "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
-    batch = cfg.batch_size
-    lr = cfg.optimizer.lr or cfg.optimizer.lr_per_sample * batch
-    ft_lr = cfg.finetune.lr or cfg.finetune.lr_per_sample * cfg.finetune.batch_size
-    alpha = rmsprop_decay(cfg.optimizer.alpha, batch, paper_batch=768)
-    ft_alpha = rmsprop_decay(cfg.finetune.optimizer.alpha, cfg.finetune.batch_size, paper_batch=512)
-    headline = finetune_res if ft_epochs else native
-    test = sorted(set(test) | {headline})  # the resolution the run is reported at is always evaluated
-    return RunPlan(schedule, train, native, finetune_res, test, headline, ft_epochs, float(lr), float(ft_lr), alpha,
-                   accelerator, precision, data.num_classes, finetune_rmsprop_alpha=ft_alpha,
-                   time_scale=time_scale(cfg))
+    return accelerator, precision

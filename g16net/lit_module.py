@@ -10,12 +10,11 @@ import warnings
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from timm.loss import SoftTargetCrossEntropy
-from timm.utils import ModelEmaV3
 from torch import nn
 
-from .recipe import build_optimizer, build_scheduler
+from .on_device import Normalize, eval_metrics, scores
+from .recipe import build_ema, build_optimizer, build_scheduler
 
 # Eval-mode modules at fit start are by design here (the weight-average copy always; the frozen backbone while
 # finetuning), and Lightning keeps each module's mode, so its warning about them would only alarm users.
@@ -54,12 +53,12 @@ class LitClassifier(pl.LightningModule):
         self, model: nn.Module, *, mean, std, label_smoothing: float = 0.1, optimizer_cfg=None, scheduler_cfg=None,
         lr: float = 1e-3, epochs: int = 1, mixup=None, ema_cfg=None,
         trainable: str = "all", recalibrate_bn: bool = False, head_dropout: bool = True,
-        channels_last: bool = False, compile: bool = False,
+        channels_last: bool = False, compile: bool = False, eval_resolutions=(), num_classes: int | None = None,
     ):
+        """Validation dataloader i is evaluated at eval_resolutions[i]; results land in `eval_results`."""
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+        self.normalize = Normalize(mean, std)
         self.label_smoothing, self.mixup = label_smoothing, mixup
         self.optimizer_cfg, self.scheduler_cfg, self.lr = optimizer_cfg, scheduler_cfg, lr
         self.epochs = epochs
@@ -69,20 +68,20 @@ class LitClassifier(pl.LightningModule):
         self.ema = None
         if self.ema_every:
             self.ema_decay_per_epoch = ema_cfg.decay
-            self.ema = ModelEmaV3(model, decay=ema_cfg.decay, use_warmup=ema_cfg.warmup).requires_grad_(False)
+            self.ema = build_ema(model, ema_cfg)
         if trainable == "head":
             freeze_all_but_head(model, recalibrate_bn)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Kept off the module tree so checkpoints hold the plain model's keys (loadable without compile).
         object.__setattr__(self, "_forward", torch.compile(self.model) if compile else self.model)
-        self.eval_resolutions: list[int] = []
+        self.eval_resolutions = list(eval_resolutions)
         self.eval_results: dict[int, dict] = {}
-        self._metrics = nn.ModuleList()
+        self._metrics = nn.ModuleList(eval_metrics(num_classes) for _ in self.eval_resolutions)
 
     # ---- inputs -------------------------------------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.to(self.mean.dtype) - self.mean) / self.std  # the module's dtype (fp32 unless .double()/.half())
+        x = self.normalize(x)  # the module's dtype (fp32 unless .double()/.half())
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,29 +134,14 @@ class LitClassifier(pl.LightningModule):
         scheduler.step_update(num_updates=self.global_step)  # timm schedulers count optimizer updates
 
     # ---- evaluation ---------------------------------------------------------------------------------------------
-    def set_eval_resolutions(self, resolutions: list[int], num_classes: int):
-        """Validation dataloader i is evaluated at resolutions[i]; results land in `eval_results`."""
-        self.eval_resolutions = list(resolutions)
-        self._metrics = nn.ModuleList(torchmetrics.MetricCollection({
-            "top1": torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-            "top5": torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=min(5, num_classes),
-                                                                  average="micro"),
-            "loss": torchmetrics.MeanMetric(),
-        }) for _ in resolutions).to(self.device)
-
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
         logits = self(self.prepare(x))
-        metrics = self._metrics[dataloader_idx]
-        metrics["top1"].update(logits, y)
-        metrics["top5"].update(logits, y)
-        metrics["loss"].update(F.cross_entropy(logits.float(), y, reduction="none"))
+        self._metrics[dataloader_idx].update(logits, y)
 
     def on_validation_epoch_end(self):
         self.eval_results = {}
         for res, metrics in zip(self.eval_resolutions, self._metrics):
-            out = {k: float(v) * (100.0 if k.startswith("top") else 1.0) for k, v in metrics.compute().items()}
-            metrics.reset()
-            self.eval_results[res] = out
+            self.eval_results[res] = out = scores(metrics)
             for k, v in out.items():
                 self.log(f"val/{k}@{res}", v, prog_bar=k == "top1", sync_dist=False, add_dataloader_idx=False)

@@ -2,7 +2,7 @@
 own batch augmentation (CutMix "version 1" then per-sample Mixup on every batch), which timm does not have.
 
 Only the choices specific to the paper are written here: which parameters get weight decay, the authors' CutMix and
-Mixup samplers, and the per-size augmentation table.
+Mixup samplers (their per-size strengths are in the size row, `g16net.models.SIZES`).
 """
 
 import math
@@ -11,13 +11,11 @@ import torch
 from omegaconf import OmegaConf
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
+from timm.utils import ModelEmaV3
 from torch import nn
 
-# Authors' configs: size -> (mixup alpha, CutMix lambda or None).
-PAPER_MIXUP = {
-    "b0": (0.1, None), "b1": (0.1, 0.95), "b2": (0.1, 0.9), "b3": (0.2, 0.9), "b4": (0.2, 0.85), "b5": (0.2, 0.8),
-    "b6": (0.2, 0.8), "b7": (0.2, 0.8),  # not in the paper's runs: B5's values carried on
-}
+from .models import check_size
+
 _DECAYED = (nn.modules.conv._ConvNd, nn.Linear)
 PAPER_EPOCHS = 350  # the run length the paper's time constants (warmup, LR decay period, weight average) are for
 
@@ -65,6 +63,11 @@ def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
         extra = dict(eps=cfg.eps)
     return create_optimizer_v2(param_groups(model, cfg.weight_decay), opt=cfg.name, lr=lr,
                                weight_decay=cfg.weight_decay, momentum=cfg.momentum, **extra)
+
+
+def build_ema(model: nn.Module, cfg) -> ModelEmaV3:
+    """The weight average (cfg: the ema section, decay per update) as every backend keeps it."""
+    return ModelEmaV3(model, decay=cfg.decay, use_warmup=cfg.warmup).requires_grad_(False)
 
 
 def build_scheduler(optimizer, cfg, steps_per_epoch: int, epochs: int):
@@ -128,10 +131,10 @@ class PaperMixCut:
 
 
 def build_mixup(cfg, size: str, num_classes: int, label_smoothing: float) -> PaperMixCut | None:
-    """cfg: augment section. mixup_alpha / cutmix_lambda "auto" = the paper's per-size values; None when both off."""
-    paper_alpha, paper_lambda = PAPER_MIXUP[size]
-    alpha = paper_alpha if cfg.mixup_alpha == "auto" else float(cfg.mixup_alpha or 0.0)
-    lam = paper_lambda if cfg.cutmix_lambda == "auto" else cfg.cutmix_lambda
+    """cfg: augment section. mixup_alpha / cutmix_lambda "auto" = the size row's (the paper's); None when both off."""
+    spec = check_size(size)
+    alpha = spec.mixup_alpha if cfg.mixup_alpha == "auto" else float(cfg.mixup_alpha or 0.0)
+    lam = spec.cutmix_lambda if cfg.cutmix_lambda == "auto" else cfg.cutmix_lambda
     if alpha <= 0 and lam is None:
         return None
     return PaperMixCut(alpha, None if lam is None else float(lam), num_classes, label_smoothing)

@@ -118,8 +118,8 @@ def main_job(cfg: DictConfig) -> float | None:
 
     def record(message: str, **kw):
         if state.get("claimed") and owner:
-            if state.get("job") is not None:
-                state["job"].save_wall_time()
+            if state.get("files") is not None:
+                state["files"].save_wall_time()
             write_error(run_dir, message, _last_checkpoint(run_dir), **kw)
 
     def managed_stop(signum):  # submitit will requeue the job; it resumes from its checkpoints

@@ -21,6 +21,15 @@ def compose_cfg(overrides=(), return_hydra_config=False):
         return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
+def plan_of(cfg):
+    """The run plan of a composed config on the Lightning backend, as `g16net.runner.run` makes it."""
+    from g16net.backends.lightning import LightningBackend
+    from g16net.config import plan_run
+    from g16net.runner import load_data
+
+    return plan_run(cfg, load_data(cfg), LightningBackend(cfg, None).device)
+
+
 @pytest.fixture
 def make_cfg():
     return compose_cfg

@@ -230,15 +230,20 @@ def test_imagefolder_split_fraction_is_deterministic_and_stratified(flat_tree):
 
 
 def test_imagenet_layout_and_resolutions_from_model_size(split_tree):
-    src = build_data(dict(name="imagenet", root=str(split_tree)), model_size="b0")
-    assert (src.native_resolution, src.half_resolution, src.num_classes) == (224, 160, 3)
-    src = build_data(dict(name="imagenet", root=str(split_tree), half_resolution=128), model_size="b6")
-    assert (src.native_resolution, src.half_resolution) == (528, 128)
-    assert build_data(dict(name="imagenet", root=str(split_tree)), model_size="b7").half_resolution is None
-    with pytest.raises(ValueError, match="model_size"):
-        build_data(dict(name="imagenet", root=str(split_tree)))
-    with pytest.raises(ValueError, match="unknown size='b9'"):
-        build_data(dict(name="imagenet", root=str(split_tree)), model_size="b9")
+    """imagenet leaves its resolutions to the run plan, which reads them from the model size's row."""
+    from g16net.config import ConfigError
+
+    from .conftest import compose_cfg, plan_of
+
+    src = build_data(dict(name="imagenet", root=str(split_tree)))
+    assert (src.native_resolution, src.half_resolution, src.num_classes) == (None, None, 3)
+    base = ["data=imagenet", f"data.root={split_tree}", "trainer=cpu", "batch_size=8", "finetune.batch_size=8"]
+    for extra, want in ((["model.size=b0"], (224, 160)), (["model.size=b6", "data.half_resolution=128"], (528, 128)),
+                        (["model.size=b3", "data.native_resolution=256"], (256, 204))):
+        plan = plan_of(compose_cfg([*base, *extra]))
+        assert (plan.native_res, plan.train_res) == want, extra
+    with pytest.raises(ConfigError, match="no half resolution"):
+        plan_of(compose_cfg([*base, "model.size=b7"]))
 
 
 def test_hydra_config_files_load_and_validate(split_tree):
@@ -257,9 +262,9 @@ def test_hydra_config_files_load_and_validate(split_tree):
     assert (src.native_resolution, src.half_resolution, src.num_classes) == (96, 64, 10)
     cfg = OmegaConf.load(conf / "imagenet.yaml")
     with pytest.raises(ValueError, match=r"data\.root='\?\?\?' is not set"):
-        build_data(cfg, model_size="b0")
+        build_data(cfg)
     cfg.root = str(split_tree)
-    assert build_data(cfg, model_size="b0").native_resolution == 224
+    assert build_data(cfg).num_classes == 3
     cfg = OmegaConf.load(conf / "imagefolder.yaml")
     cfg.root = str(split_tree)
     with pytest.raises(ValueError, match=r"data\.native_resolution is not set"):
@@ -300,7 +305,7 @@ def test_error_flat_folder_needs_split_fraction(flat_tree):
     with pytest.raises(ValueError, match="split_fraction must be set"):
         build_data(folder_cfg(flat_tree))
     with pytest.raises(FileNotFoundError, match="root/train"):
-        build_data(dict(name="imagenet", root=str(flat_tree)), model_size="b0")
+        build_data(dict(name="imagenet", root=str(flat_tree)))
 
 
 def test_error_train_val_class_mismatch(split_tree):

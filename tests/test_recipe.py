@@ -91,13 +91,10 @@ def test_weight_decay_follows_the_authors_rule():
 
 
 def _plan(overrides):
-    from g16net.config import plan_run
-    from g16net.data import build_data
-
-    from .conftest import compose_cfg
+    from .conftest import compose_cfg, plan_of
 
     cfg = compose_cfg(overrides)
-    return cfg, plan_run(cfg, build_data(cfg.data, model_size=cfg.model.size))
+    return cfg, plan_of(cfg)
 
 
 def _lr_curve(cfg, plan, steps_per_epoch):

@@ -13,17 +13,19 @@ import torch
 from PIL import Image
 
 import g16net
-from g16net.config import ConfigError, check_config, plan_run
-from g16net.data import build_data
+from g16net.config import ConfigError, check_config
 from g16net.lit_module import LitClassifier, NonFiniteLossError
 from g16net.models import SIZES
-from g16net.recipe import PAPER_MIXUP, build_mixup
+from g16net.recipe import build_mixup
 from g16net.runner import run
 
-from .conftest import ROOT, TINY, compose_cfg, run_cli
+from .conftest import ROOT, TINY, compose_cfg, plan_of, run_cli
 
 CONTRACT = ("params", "train_resolution", "train_macs", "train_throughput", "eval")
 EVAL_CONTRACT = ("resolution", "top1", "macs", "infer_throughput")
+# The authors' per-size Mixup alpha and CutMix lambda (None: no CutMix).
+PAPER_MIXUP = {"b0": (0.1, None), "b1": (0.1, 0.95), "b2": (0.1, 0.9), "b3": (0.2, 0.9), "b4": (0.2, 0.85),
+               "b5": (0.2, 0.8)}
 SERIES = ("g1_gn_baseline", "g1_gn_native", "g16_gn_native", "g16_gn_half", "g16_lnpn_native", "g16_lnpn_half")
 
 
@@ -79,7 +81,7 @@ def test_paper_presets_compose_and_validate(tmp_path, size):
         cfg = compose_cfg(["experiment=paper_imagenet", f"series={series}", f"model.size={size}",
                            f"data.root={root}", "trainer.accelerator=cpu", "trainer.precision=32-true"])
         check_config(cfg)
-        plan = plan_run(cfg, build_data(cfg.data, model_size=size))
+        plan = plan_of(cfg)
         spec = SIZES[size]
         native = series.endswith(("native", "baseline"))
         assert plan.train_res == (spec.native_res if native else spec.half_res)

@@ -19,19 +19,9 @@ DEFAULT_STATS = {
 }
 
 
-def _resolutions(c: dict, model_size: str | None) -> None:
-    """Fill null resolutions (imagenet: from the model size's SizeSpec) or reject them."""
-    if c["name"] == "imagenet" and (c["native_resolution"] is None or c["half_resolution"] is None):
-        if model_size is None:
-            raise ValueError("data.native_resolution / data.half_resolution are not set; for imagenet they come "
-                             "from the model size: call build_data(cfg, model_size='b0'), or set them")
-        from g16net.models import check_size  # the model package is only needed on this path
-
-        spec = check_size(model_size)
-        if c["native_resolution"] is None:
-            c["native_resolution"] = spec.native_res
-        if c["half_resolution"] is None:
-            c["half_resolution"] = spec.half_res  # None for b6/b7: the authors ran no half-res schedule
+def _check_resolutions(c: dict) -> None:
+    """Only imagenet may leave its resolutions null: the run plan takes them from the model size's row."""
+    if c["name"] == "imagenet":
         return
     for key in ("native_resolution", "half_resolution"):
         if c[key] is None:
@@ -39,14 +29,13 @@ def _resolutions(c: dict, model_size: str | None) -> None:
                              "positive integer number of pixels (only imagenet derives it from the model size)")
 
 
-def build_data(cfg, model_size: str | None = None) -> DataSource:
+def build_data(cfg) -> DataSource:
     """Validate the `data` config (cheap checks first: keys, values, paths, class folders), then build.
 
-    model_size fills null native/half resolutions for imagenet from `g16net.models.SIZES`.
     Raises ValueError / FileNotFoundError naming the config key, the bad value and what is allowed.
     """
     c = validate(cfg)
-    _resolutions(c, model_size)
+    _check_resolutions(c)
     if c["name"] in DEFAULT_STATS:
         mean, std = DEFAULT_STATS[c["name"]]
         c["mean"], c["std"] = c["mean"] or mean, c["std"] or std

@@ -11,11 +11,13 @@ divisor-8 channel rounding, ceil depth scaling, SE at 0.25 of the block *input* 
 `drop_path_rate * i / N` for block i of N (the authors' rule: the last block gets (N-1)/N of the rate), per-size
 dropout before the classifier.
 
-  size  width depth dropout native half     size  width depth dropout native half
-  b0    1.0   1.0   0.2     224    160      b4    1.4   1.8   0.4     380    252
-  b1    1.0   1.1   0.2     240    176      b5    1.6   2.2   0.4     456    328
-  b2    1.1   1.2   0.3     260    196      b6    1.8   2.6   0.5     528    -
-  b3    1.2   1.4   0.3     300    204      b7    2.0   3.1   0.5     600    -
+  size  width depth dropout native half  mixup cutmix    size  width depth dropout native half  mixup cutmix
+  b0    1.0   1.0   0.2     224    160   0.1   -         b4    1.4   1.8   0.4     380    252   0.2   0.85
+  b1    1.0   1.1   0.2     240    176   0.1   0.95      b5    1.6   2.2   0.4     456    328   0.2   0.8
+  b2    1.1   1.2   0.3     260    196   0.1   0.9       b6    1.8   2.6   0.5     528    -     0.2   0.8
+  b3    1.2   1.4   0.3     300    204   0.2   0.9       b7    2.0   3.1   0.5     600    -     0.2   0.8
+Mixup alpha and CutMix lambda are the authors' per-size training settings (B6/B7: not in the paper's runs, B5's
+values carried on); `augment.*: auto` reads them from here.
 """
 
 import math
@@ -39,17 +41,19 @@ class SizeSpec:
     dropout: float
     native_res: int
     half_res: int | None  # about half the pixels with half % 32 == native % 32; None: the authors ran none
+    mixup_alpha: float  # the authors' per-sample Mixup strength for this size
+    cutmix_lambda: float | None  # the authors' CutMix "version 1" lambda; None: no CutMix
 
 
 SIZES = {
-    "b0": SizeSpec(1.0, 1.0, 0.2, 224, 160),
-    "b1": SizeSpec(1.0, 1.1, 0.2, 240, 176),
-    "b2": SizeSpec(1.1, 1.2, 0.3, 260, 196),
-    "b3": SizeSpec(1.2, 1.4, 0.3, 300, 204),
-    "b4": SizeSpec(1.4, 1.8, 0.4, 380, 252),
-    "b5": SizeSpec(1.6, 2.2, 0.4, 456, 328),
-    "b6": SizeSpec(1.8, 2.6, 0.5, 528, None),
-    "b7": SizeSpec(2.0, 3.1, 0.5, 600, None),
+    "b0": SizeSpec(1.0, 1.0, 0.2, 224, 160, 0.1, None),
+    "b1": SizeSpec(1.0, 1.1, 0.2, 240, 176, 0.1, 0.95),
+    "b2": SizeSpec(1.1, 1.2, 0.3, 260, 196, 0.1, 0.9),
+    "b3": SizeSpec(1.2, 1.4, 0.3, 300, 204, 0.2, 0.9),
+    "b4": SizeSpec(1.4, 1.8, 0.4, 380, 252, 0.2, 0.85),
+    "b5": SizeSpec(1.6, 2.2, 0.4, 456, 328, 0.2, 0.8),
+    "b6": SizeSpec(1.8, 2.6, 0.5, 528, None, 0.2, 0.8),
+    "b7": SizeSpec(2.0, 3.1, 0.5, 600, None, 0.2, 0.8),
 }
 
 # EfficientNet-B0 stages: (block, repeats, kernel, stride of first block, expansion, out channels).
@@ -138,13 +142,13 @@ class G16EfficientNet(nn.Module):
         in_chans: int = 3, group_rule: str = "authors",
     ):
         super().__init__()
-        spec, norm_spec = check_size(size), check_norm(norm)
+        spec = check_size(size)
+        check_norm(norm)
         plan = _check_args(size, group_size, expand_ratio, group_rule)
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes} must be >= 1")
         self.size, self.group_size, self.expand_ratio, self.norm = size, group_size, expand_ratio, norm
         self.group_rule = group_rule
-        self.batch_independent = norm_spec.batch_independent
         drop_rate = spec.dropout if drop_rate is None else drop_rate
         drop_path_rate = 0.2 if drop_path_rate is None else drop_path_rate
         norm_act = norm_act_factory(norm, nn.SiLU)

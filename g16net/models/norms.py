@@ -21,17 +21,19 @@ GN_GROUPS = 4  # the paper's GN baseline: 4 groups (a group count, not a group s
 
 @dataclass(frozen=True)
 class NormSpec:
-    label: str  # as written in the paper's legends
+    """Everything the code knows about a norm; nothing else tests its name."""
+    label: str  # as written in the paper's legends (results tables, figures)
     build: Callable[..., nn.Module]
-    batch_independent: bool
-    doc: str
+    batch_independent: bool  # False: the output of a sample depends on the rest of its batch (BN)
+    recalibrate_on_finetune: bool = False  # `finetune.recalibrate_bn: auto` re-estimates its statistics (FixRes)
 
 
 NORMS: dict[str, NormSpec] = {}
 
 
-def register_norm(name: str, label: str, build: Callable[..., nn.Module], batch_independent: bool, doc: str):
-    NORMS[name] = NormSpec(label, build, batch_independent, doc)
+def register_norm(name: str, label: str, build: Callable[..., nn.Module], batch_independent: bool = True,
+                  recalibrate_on_finetune: bool = False):
+    NORMS[name] = NormSpec(label, build, batch_independent, recalibrate_on_finetune)
 
 
 def check_norm(norm: str) -> NormSpec:
@@ -68,15 +70,11 @@ def _evos0(c, apply_act, act_layer):
     return EvoNorm2dS0(c, group_size=8, apply_act=apply_act, eps=EPS)
 
 
-register_norm("bn", "BN", _bn, False, "BatchNorm + SiLU (batch-dependent baseline)")
-register_norm("gn", "GN", _gn, True, f"GroupNorm, {GN_GROUPS} groups, affine, + SiLU (the paper's GN baseline)")
-register_norm("ln", "LN", _ln, True, "LayerNorm over (C, H, W) = GroupNorm with 1 group, affine, + SiLU")
-register_norm(
-    "ln_pn", "LN+PN", partial(GroupNormProxyAct2d, num_groups=1, eps=EPS), True,
-    "LayerNorm (no affine) + Proxy-Normalized SiLU (the paper's proposal)",
-)
-register_norm(
-    "gn_pn", "GN+PN", partial(GroupNormProxyAct2d, num_groups=GN_GROUPS, eps=EPS), True,
-    f"GroupNorm, {GN_GROUPS} groups (no affine) + Proxy-Normalized SiLU",
-)
-register_norm("evos0", "EvoNorm-S0", _evos0, True, "timm's EvoNorm-S0 (group size 8), an extra baseline")
+# BatchNorm + SiLU: the batch-dependent baseline.
+register_norm("bn", "BN", _bn, batch_independent=False, recalibrate_on_finetune=True)
+register_norm("gn", "GN", _gn)  # GroupNorm, GN_GROUPS groups, affine, + SiLU: the paper's GN baseline
+register_norm("ln", "LN", _ln)  # LayerNorm over (C, H, W) = GroupNorm with 1 group, affine, + SiLU
+# LayerNorm (no affine) + Proxy-Normalized SiLU: the paper's proposal; and its GN_GROUPS-group GroupNorm variant.
+register_norm("ln_pn", "LN+PN", partial(GroupNormProxyAct2d, num_groups=1, eps=EPS))
+register_norm("gn_pn", "GN+PN", partial(GroupNormProxyAct2d, num_groups=GN_GROUPS, eps=EPS))
+register_norm("evos0", "EvoNorm-S0", _evos0)  # timm's EvoNorm-S0 (group size 8), an extra baseline
