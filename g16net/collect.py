@@ -19,9 +19,12 @@ import json
 import os
 import re
 import sys
+from dataclasses import fields, is_dataclass
 from numbers import Real
 from pathlib import Path
+from typing import get_args, get_origin
 
+from g16net.metrics import EvalRow, ModelInfo, RunMetrics, required
 from g16net.results import (
     ALL_COLUMNS,
     MEAN_COLUMNS,
@@ -34,13 +37,7 @@ from g16net.results import (
 )
 from g16net.run_io import atomic_open
 
-REQUIRED_TOP = ["status", "model", "schedule", "params", "train_resolution", "train_macs",
-                "train_throughput", "eval"]
-REQUIRED_MODEL = ["size", "group_size", "expand_ratio", "norm"]
-REQUIRED_EVAL = ["resolution", "top1", "macs", "infer_throughput"]
-# Required fields that must be numbers (anything else would silently break sorting/plotting later).
-NUMERIC = {"params", "train_resolution", "train_macs", "train_throughput", "model.group_size",
-           "model.expand_ratio", "resolution", "top1", "macs", "infer_throughput"}
+RUN_FIELDS, MODEL_FIELDS, EVAL_FIELDS = ({f.name for f in fields(r)} for r in (RunMetrics, ModelInfo, EvalRow))
 # Top-level config keys that say where or how a run was launched, not what was trained: runs differing only in
 # these (and in seed) are seeds of one configuration. `hydra` is absent from a job's config; listed for safety.
 CONFIG_ID_IGNORES = ("seed", "name", "hydra", "ckpt_path", "overwrite")
@@ -82,40 +79,49 @@ def _error_reason(run_dir: Path) -> str:
 
 
 def _problems(m: dict) -> str | None:
-    """Why metrics ``m`` cannot give rows, or None if it is usable."""
+    """Why metrics ``m`` cannot give rows, or None if it is usable. What is required and what must be a number
+    come from the record (``g16net.metrics.RunMetrics``)."""
     if "status" in m and m["status"] != "complete":
         return f"status is {m['status']!r}, not 'complete'"
-    missing = [k for k in REQUIRED_TOP if k not in m]
-    bad = []
-    model = m.get("model")
-    if isinstance(model, dict):
-        missing += [f"model.{k}" for k in REQUIRED_MODEL if k not in model]
-        bad += [f"model.{k}" for k in REQUIRED_MODEL if k in model and not _ok(f"model.{k}", model[k])]
-    elif model is not None:
-        bad.append("model")
-    bad += [k for k in REQUIRED_TOP if k in m and k not in ("model", "eval") and not _ok(k, m[k])]
-    evals = m.get("eval")
-    if isinstance(evals, list):
-        for i, e in enumerate(evals):
-            if not isinstance(e, dict):
-                bad.append(f"eval[{i}]")
-                continue
-            missing += [f"eval[{i}].{k}" for k in REQUIRED_EVAL if k not in e]
-            bad += [f"eval[{i}].{k}" for k in REQUIRED_EVAL if k in e and not _ok(k, e[k])]
-    elif evals is not None:
-        bad.append("eval")
+    missing, bad = [], []
+    _check(m, RunMetrics, "", missing, bad)
     reasons = []
     if missing:
         reasons.append("missing required fields: " + ", ".join(missing))
     if bad:
         reasons.append("bad values (wrong type) for: " + ", ".join(bad))
-    if not reasons and not evals:
+    if not reasons and not m["eval"]:
         reasons.append("empty eval list")
     return "; ".join(reasons) or None
 
 
-def _ok(key: str, value) -> bool:
-    if key in NUMERIC:
+def _check(obj: dict, record, prefix: str, missing: list, bad: list) -> None:
+    """The required fields of dataclass ``record`` in ``obj``: this level's first, then the nested records."""
+    nested = []
+    for f in required(record):
+        key = prefix + f.name
+        if f.name not in obj:
+            missing.append(key)
+        elif is_dataclass(f.type):
+            nested.append((key, [obj[f.name]], f.type, False))
+        elif get_origin(f.type) is list:
+            nested.append((key, obj[f.name], get_args(f.type)[0], True))
+        elif not _ok(f.type, obj[f.name]):
+            bad.append(key)
+    for key, items, item_type, many in nested:
+        if not isinstance(items, list):
+            bad.append(key)
+            continue
+        for i, item in enumerate(items):
+            where = f"{key}[{i}]" if many else key
+            if isinstance(item, dict):
+                _check(item, item_type, where + ".", missing, bad)
+            else:
+                bad.append(where)
+
+
+def _ok(kind: type, value) -> bool:
+    if kind in (int, float):
         return isinstance(value, Real) and not isinstance(value, bool)
     return isinstance(value, str) and value != ""
 
@@ -143,36 +149,23 @@ def rows_for_run(run_dir: Path) -> tuple[list[dict], str | None]:
     if problem:
         return [], problem
 
-    model = m["model"]
-    headline_res = m.get("headline_resolution")
+    model, headline_res = m["model"], m.get("headline_resolution")
     before = {e.get("resolution"): e for e in m.get("eval_before_finetune") or [] if isinstance(e, dict)}
-    protocol = m.get("throughput_protocol") or {}
     config = m.get("config") if isinstance(m.get("config"), dict) else None  # absent in runs before schema 1
-    seed = m.get("seed", config.get("seed") if config else None)
-    cid = config_id(config) if config else None
+    # Columns named as a field of the record are copied from it: run-level, model, then per test resolution.
+    run = {c: m.get(c) for c in ALL_COLUMNS if c in RUN_FIELDS}
+    run.update({c: model.get(c) for c in ALL_COLUMNS if c in MODEL_FIELDS and c != "name"})
+    run.update(run_dir=str(run_dir), series=None, model_name=model.get("name"),
+               throughput_batch_size=(m.get("throughput_protocol") or {}).get("batch_size"),
+               seed=m.get("seed", config.get("seed") if config else None),
+               config_id=config_id(config) if config else None)
     rows = []
     for e in m["eval"]:
         pre = before.get(e["resolution"], {})
-        rows.append({
-            "run_dir": str(run_dir), "series": None, "size": model["size"],
-            "group_size": model["group_size"], "expand_ratio": model["expand_ratio"], "norm": model["norm"],
-            "schedule": m["schedule"], "finetuned": m.get("finetuned"), "dataset": m.get("dataset"),
-            "train_resolution": m["train_resolution"], "test_resolution": e["resolution"],
-            "native_resolution": m.get("native_resolution"),
-            "headline": None if headline_res is None else e["resolution"] == headline_res,
-            "top1": e["top1"], "top5": e.get("top5"), "params": m["params"], "train_macs": m["train_macs"],
-            "test_macs": e["macs"], "train_throughput": m["train_throughput"],
-            "train_throughput_pipeline": m.get("train_throughput_pipeline"),
-            "infer_throughput": e["infer_throughput"], "device": m.get("device"),
-            "precision": m.get("precision"), "epochs": m.get("epochs"),
-            "finetune_epochs": m.get("finetune_epochs"), "wall_time_s": m.get("wall_time_s"),
-            "name": m.get("name"), "model_name": model.get("name"), "num_classes": m.get("num_classes"),
-            "loss": e.get("loss"), "top1_before_finetune": pre.get("top1"),
-            "top5_before_finetune": pre.get("top5"), "throughput_batch_size": protocol.get("batch_size"),
-            "finetune_resolution": m.get("finetune_resolution"), "version": m.get("version"),
-            "schema": m.get("schema"), "infer_throughput_pipeline": e.get("infer_throughput_pipeline"),
-            "seed": seed, "config_id": cid,
-        })
+        rows.append({**run, **{c: e.get(c) for c in ALL_COLUMNS if c in EVAL_FIELDS},
+                     "test_resolution": e["resolution"], "test_macs": e["macs"],
+                     "headline": None if headline_res is None else e["resolution"] == headline_res,
+                     "top1_before_finetune": pre.get("top1"), "top5_before_finetune": pre.get("top5")})
     return rows, None
 
 

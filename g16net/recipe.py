@@ -14,7 +14,7 @@ from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from .models import check_size
+from .models import NORMS, check_size
 
 _DECAYED = (nn.modules.conv._ConvNd, nn.Linear)
 PAPER_EPOCHS = 350  # the run length the paper's time constants (warmup, LR decay period, weight average) are for
@@ -45,11 +45,13 @@ def rmsprop_decay(alpha: float | None, batch: int, paper_batch: int) -> float:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """The authors' rule: decay on conv/FC weights and biases and on Proxy Norm's proxy parameters (beta~, gamma~);
     none on norm gammas/betas (PN's own gamma/beta included) or other non-conv/FC parameters."""
+    norm = getattr(model, "norm", None)  # the norm registry says which of its parameters decay
+    norm_decayed = NORMS[norm].decayed_params if isinstance(norm, str) and norm in NORMS else ()
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if p.requires_grad:
-                (decay if isinstance(module, _DECAYED) or name.startswith("proxy_") else no_decay).append(p)
+                (decay if isinstance(module, _DECAYED) or name in norm_decayed else no_decay).append(p)
     return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
             if g["params"]]
 

@@ -1,6 +1,7 @@
 """Shared helpers for results tables: column schema, series labels, CSV loading, seed aggregation, Pareto fronts.
 
-Used by ``g16net.collect`` (writes results.csv and results_mean.csv) and ``g16net.figs`` (plots them). Pure stdlib.
+Used by ``g16net.collect`` (writes results.csv and results_mean.csv) and ``g16net.figs`` (plots them). Column types
+come from the metrics record (``g16net.metrics``), norm labels from the norm registry.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import csv
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from g16net.metrics import EvalRow, ModelInfo, RunMetrics, field_types
+from g16net.models import NORMS
 
 # Order matters: this is the CSV header written by collect (extras follow).
 COLUMNS = [
@@ -24,16 +28,12 @@ EXTRA_COLUMNS = [
 ]
 ALL_COLUMNS = COLUMNS + EXTRA_COLUMNS
 
-INT_COLUMNS = {
-    "group_size", "expand_ratio", "train_resolution", "test_resolution", "native_resolution", "params",
-    "epochs", "finetune_epochs", "num_classes", "throughput_batch_size", "finetune_resolution", "schema", "seed",
-}
-FLOAT_COLUMNS = {
-    "top1", "top5", "train_macs", "test_macs", "train_throughput", "train_throughput_pipeline",
-    "infer_throughput", "wall_time_s", "loss", "top1_before_finetune", "top5_before_finetune",
-    "infer_throughput_pipeline",
-}
-BOOL_COLUMNS = {"finetuned", "headline"}
+# Cell types: a column copied from the metrics record has its field's type; the rest are the table's own.
+_TYPES = {**field_types(RunMetrics, EvalRow, ModelInfo), "test_resolution": int, "test_macs": float,
+          "top1_before_finetune": float, "top5_before_finetune": float, "throughput_batch_size": int, "headline": bool}
+INT_COLUMNS = {c for c in ALL_COLUMNS if _TYPES.get(c) is int}
+FLOAT_COLUMNS = {c for c in ALL_COLUMNS if _TYPES.get(c) is float}
+BOOL_COLUMNS = {c for c in ALL_COLUMNS if _TYPES.get(c) is bool}
 
 # Seed aggregation. MACs follow from the config; every other float is measured and varies between seeds.
 MEASURED_COLUMNS = [c for c in ALL_COLUMNS if c in FLOAT_COLUMNS and c not in ("train_macs", "test_macs")]
@@ -46,7 +46,7 @@ MEAN_COLUMNS = (["config_id", "n", "seeds"] + [c for c in DESCRIPTIVE_COLUMNS if
                 + [f"{c}_{stat}" for c in MEASURED_COLUMNS for stat in ("mean", "std")])
 STD_NOTE = "std = sample std (ddof=1) over seeds; blank when n=1"
 
-NORM_LABELS = {"bn": "BN", "gn": "GN", "ln": "LN", "ln_pn": "LN+PN", "gn_pn": "GN+PN", "evos0": "EvoNorm-S0"}
+NORM_LABELS = {name: spec.label for name, spec in NORMS.items()}  # the norm registry's, in its order
 SCHEDULE_LABELS = {"half": "Half", "native": "Native"}
 
 PAPER_POINTS_CSV = Path(__file__).resolve().parent / "reference" / "paper_points.csv"

@@ -15,13 +15,15 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import __version__
 from .backends import Phase, get_backend
 from .callbacks import say
 from .config import ConfigError, RunPlan, check_config, model_kwargs, plan_run
 from .data import build_data
 from .data.config import auto_workers
+from .efficiency import count_params, forward_macs
 from .loggers import phase_logger
-from .metrics import run_metrics
+from .metrics import EvalRow, ModelInfo, RunMetrics
 from .models import NORMS, create_model
 from .recipe import build_mixup, scaled_schedule
 from .run_io import ERROR, METRICS, atomic_write_json, atomic_write_torch
@@ -88,10 +90,36 @@ def run(cfg: DictConfig, run_dir: Path, requeued: bool = False, hydra_files: dic
                                    plan.test_res)
     else:
         speed = float("nan"), {r: float("nan") for r in plan.test_res}
-    metrics = run_metrics(cfg, plan, model, trained, tuned, final, before, speed, proto, files.wall_time_s())
+    metrics = run_metrics(cfg, plan, model, trained, tuned, final, before, speed, proto, files.wall_time_s()).to_json()
     atomic_write_json(run_dir / METRICS, metrics)
     (run_dir / ERROR).unlink(missing_ok=True)  # a resumed run that completes is no longer failed
     return metrics
+
+
+def run_metrics(cfg: DictConfig, plan: RunPlan, model, trained: dict, tuned: dict | None, final: list[dict],
+                before: list[dict], speed: tuple, proto: dict, wall_time_s: float) -> RunMetrics:
+    train_tput, infer_tput = speed
+
+    def rows(evals):
+        return [EvalRow(macs=forward_macs(model, r["resolution"]), infer_throughput=infer_tput[r["resolution"]], **r)
+                for r in evals]
+
+    m, device, ft = cfg.model, plan.device, bool(plan.finetune_epochs)
+    return RunMetrics(
+        status="complete", name=cfg.name, version=__version__,
+        model=ModelInfo(m.size, m.group_size, m.expand_ratio, cfg.norm.name, f"g{m.group_size}_efficientnet_{m.size}",
+                        m.group_rule),
+        schedule=plan.schedule, finetuned=ft, dataset=cfg.data.name, num_classes=plan.num_classes,
+        params=count_params(model), train_resolution=plan.train_res, native_resolution=plan.native_res,
+        finetune_resolution=plan.finetune_res if ft else None, headline_resolution=plan.headline_res,
+        train_macs=forward_macs(model, plan.train_res), train_throughput=train_tput,
+        train_throughput_pipeline=trained["throughput_pipeline"], device=proto["device_name"],
+        precision=device.precision, throughput_protocol=proto, global_batch_size=cfg.batch_size,
+        per_device_batch_size=plan.batch, world_size=device.world_size, accumulate_grad_batches=device.accumulation,
+        lr=plan.lr, finetune_lr=plan.finetune_lr if ft else None, eval=rows(final), eval_before_finetune=rows(before),
+        epochs=trained["epochs"], finetune_epochs=tuned["epochs"] if tuned else 0, wall_time_s=round(wall_time_s, 1),
+        seed=cfg.seed, config=OmegaConf.to_container(cfg, resolve=True),
+    )
 
 
 def load_data(cfg: DictConfig):

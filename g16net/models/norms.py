@@ -26,14 +26,15 @@ class NormSpec:
     build: Callable[..., nn.Module]
     batch_independent: bool  # False: the output of a sample depends on the rest of its batch (BN)
     recalibrate_on_finetune: bool = False  # `finetune.recalibrate_bn: auto` re-estimates its statistics (FixRes)
+    decayed_params: tuple[str, ...] = ()  # its layers' parameters that take weight decay (Proxy Norm's proxies)
 
 
 NORMS: dict[str, NormSpec] = {}
 
 
 def register_norm(name: str, label: str, build: Callable[..., nn.Module], batch_independent: bool = True,
-                  recalibrate_on_finetune: bool = False):
-    NORMS[name] = NormSpec(label, build, batch_independent, recalibrate_on_finetune)
+                  recalibrate_on_finetune: bool = False, decayed_params: tuple[str, ...] = ()):
+    NORMS[name] = NormSpec(label, build, batch_independent, recalibrate_on_finetune, decayed_params)
 
 
 def check_norm(norm: str) -> NormSpec:
@@ -75,6 +76,8 @@ register_norm("bn", "BN", _bn, batch_independent=False, recalibrate_on_finetune=
 register_norm("gn", "GN", _gn)  # GroupNorm, GN_GROUPS groups, affine, + SiLU: the paper's GN baseline
 register_norm("ln", "LN", _ln)  # LayerNorm over (C, H, W) = GroupNorm with 1 group, affine, + SiLU
 # LayerNorm (no affine) + Proxy-Normalized SiLU: the paper's proposal; and its GN_GROUPS-group GroupNorm variant.
-register_norm("ln_pn", "LN+PN", partial(GroupNormProxyAct2d, num_groups=1, eps=EPS))
-register_norm("gn_pn", "GN+PN", partial(GroupNormProxyAct2d, num_groups=GN_GROUPS, eps=EPS))
+PROXY_PARAMS = ("proxy_weight", "proxy_bias")  # beta~, gamma~: decayed in the authors' code
+register_norm("ln_pn", "LN+PN", partial(GroupNormProxyAct2d, num_groups=1, eps=EPS), decayed_params=PROXY_PARAMS)
+register_norm("gn_pn", "GN+PN", partial(GroupNormProxyAct2d, num_groups=GN_GROUPS, eps=EPS),
+              decayed_params=PROXY_PARAMS)
 register_norm("evos0", "EvoNorm-S0", _evos0)  # timm's EvoNorm-S0 (group size 8), an extra baseline
