@@ -32,12 +32,13 @@ def freeze_all_but_head(model: nn.Module, recalibrate_bn: bool = False) -> None:
 
 
 def finetune_modes(model: nn.Module, recalibrate_bn: bool = False, dropout: bool = False) -> None:
-    """Frozen backbone in eval mode (no stochastic depth); BN layers re-estimating their statistics if
-    `recalibrate_bn`; head dropout iff `dropout` (the model applies dropout iff its own flag is set)."""
-    model.eval()
+    """Every layer in eval mode (no stochastic depth, fixed norm statistics) but BN layers re-estimating their
+    statistics if `recalibrate_bn`; head dropout iff `dropout`: the model's own mode switches it (`forward_head`)."""
+    model.train(dropout)
+    for child in model.children():
+        child.eval()
     for m in _batchnorms(model) if recalibrate_bn else ():
         m.train()
-    model.training = dropout
 
 
 def _batchnorms(model: nn.Module):

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.layers import DropPath
 
 import g16net
 from g16net.config import ConfigError, check_config
-from g16net.lit_module import LitClassifier, NonFiniteLossError
+from g16net.lit_module import LitClassifier, NonFiniteLossError, finetune_modes
 from g16net.models import SIZES
 from g16net.recipe import build_mixup
 from g16net.runner import run
@@ -119,6 +120,21 @@ def test_gradient_accumulation_equals_one_large_batch(norm):
         assert error > 1e-2
     else:
         assert error < 1e-10
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_finetune_modes_switch_only_the_head_dropout(dropout):
+    """Finetuning: every layer in eval mode (BN recalibrating if asked), head dropout iff `dropout`."""
+    model = g16net.create_model(norm="bn", num_classes=10, drop_rate=0.5)
+    finetune_modes(model, recalibrate_bn=True, dropout=dropout)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.training for m in bns) and model.training == dropout
+    assert not any(m.training for m in model.modules() if isinstance(m, DropPath))  # no stochastic depth
+    for m in bns:  # fixed statistics, so only dropout can make two passes differ
+        m.train(False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x)) != dropout
 
 
 def test_imagefolder_end_to_end(tmp_path):

@@ -7,6 +7,8 @@ import math
 import os
 from collections.abc import Mapping
 
+from omegaconf import DictConfig, OmegaConf
+
 NAMES = ("synthetic", "cifar10", "cifar100", "imagefolder", "imagenet")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 MISSING = "???"  # OmegaConf's marker for a mandatory value nobody set
@@ -33,10 +35,6 @@ def to_dict(cfg) -> dict:
     """Plain dict from a dict or DictConfig; unset mandatory values (`???`) stay as the string '???'."""
     if cfg is None:
         return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency, but plain dicts need nothing
-        DictConfig = ()
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     if not isinstance(cfg, Mapping):

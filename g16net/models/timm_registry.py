@@ -48,9 +48,7 @@ def _entrypoint(name: str, size: str, arch: dict):
     return fn
 
 
-MODEL_NAMES = []
 for _variant, _arch in VARIANTS.items():
     for _size in SIZES:
         _name = f"{_variant}_efficientnet_{_size}"
         globals()[_name] = register_model(_entrypoint(_name, _size, _arch))
-        MODEL_NAMES.append(_name)
