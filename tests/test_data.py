@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from g16net.data import DEFAULTS, NAMES, DataSource, build_data
+from g16net.data import NAMES, DataSource, build_data
 from g16net.data.synthetic import CLASS_NAMES, SyntheticRenderer, render, sample_params
 
 # ---------------------------------------------------------------- synthetic
@@ -249,6 +249,7 @@ def test_imagenet_layout_and_resolutions_from_model_size(split_tree):
 def test_hydra_config_files_load_and_validate(split_tree):
     from pathlib import Path
 
+    from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "data"
@@ -256,8 +257,10 @@ def test_hydra_config_files_load_and_validate(split_tree):
     assert files == sorted(NAMES)
     for name in files:
         cfg = OmegaConf.load(conf / f"{name}.yaml")
-        assert set(cfg) == set(DEFAULTS), name
-        assert cfg.name == name
+        assert cfg.name == name and issubclass(get_class(cfg._target_), DataSource)
+    # each yaml lists only its own arguments: a folder layout key is unknown to the synthetic set
+    with pytest.raises(ValueError, match=r"key\(s\) \['split_fraction'\] for data.name='synthetic'"):
+        build_data(dict(name="synthetic", split_fraction=0.5))
     src = build_data(OmegaConf.load(conf / "synthetic.yaml"))
     assert (src.native_resolution, src.half_resolution, src.num_classes) == (96, 64, 10)
     cfg = OmegaConf.load(conf / "imagenet.yaml")
@@ -277,7 +280,7 @@ def test_hydra_config_files_load_and_validate(split_tree):
 def test_error_missing_root(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data\.root.*does not exist"):
         build_data(folder_cfg(tmp_path / "nope"))
-    with pytest.raises(ValueError, match=r"data\.root=None is not set"):
+    with pytest.raises(ValueError, match=r"data\.root='\?\?\?' is not set"):
         build_data(dict(name="imagefolder", native_resolution=48, half_resolution=32))
 
 
@@ -304,6 +307,8 @@ def test_error_class_folders_without_images(tmp_path):
 def test_error_flat_folder_needs_split_fraction(flat_tree):
     with pytest.raises(ValueError, match="split_fraction must be set"):
         build_data(folder_cfg(flat_tree))
+    with pytest.raises(ValueError, match=r"data\.split_fraction=1\.0 is invalid"):
+        build_data(folder_cfg(flat_tree, split_fraction=1.0))
     with pytest.raises(FileNotFoundError, match="root/train"):
         build_data(dict(name="imagenet", root=str(flat_tree)))
 
@@ -323,7 +328,6 @@ def test_error_train_val_class_mismatch(split_tree):
     ("train_scale", [0.5, 0.1], r"data\.train_scale=\[0\.5, 0\.1\] is invalid"),
     ("interpolation", "lanczos", r"data\.interpolation='lanczos' is invalid; allowed: nearest, bilinear"),
     ("verify_images", "sometimes", r"data\.verify_images='sometimes' is invalid"),
-    ("split_fraction", 1.0, r"data\.split_fraction=1\.0 is invalid"),
     ("mean", [0.5, 0.5], r"data\.mean=\[0\.5, 0\.5\] is invalid"),
     ("std", [0.5, 0.5, 0], r"data\.std=\[0\.5, 0\.5, 0\] is invalid"),
     ("num_workers", -1, r"data\.num_workers=-1 is invalid"),
@@ -331,7 +335,7 @@ def test_error_train_val_class_mismatch(split_tree):
     ("num_classes", 12, r"data\.num_classes=12 but the synthetic set has 10"),
     ("synthetic", {"train_size": 0}, r"data\.synthetic\.train_size=0 is invalid"),
     ("synthetic", {"size": 10}, r"unknown data\.synthetic key\(s\) \['size'\]"),
-    ("batch_size", 32, r"unknown data config key\(s\) \['batch_size'\]; allowed: name, root"),
+    ("batch_size", 32, r"unknown data config key\(s\) \['batch_size'\] .*; allowed: _target_, name, num_classes"),
 ])
 def test_error_bad_values_name_key_value_and_allowed(key, value, match):
     with pytest.raises(ValueError, match=match):

@@ -13,9 +13,9 @@ from torchvision import datasets
 from . import transforms
 from .source import DataSource
 
-CIFAR = {  # name -> (torchvision class, the folder torchvision expects under root)
-    "cifar10": (datasets.CIFAR10, "cifar-10-batches-py"),
-    "cifar100": (datasets.CIFAR100, "cifar-100-python"),
+CIFAR = {  # name -> (torchvision class, the folder torchvision expects under root, per-channel mean and std)
+    "cifar10": (datasets.CIFAR10, "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": (datasets.CIFAR100, "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
 
@@ -37,7 +37,7 @@ class TransformView(torch.utils.data.Dataset):
 class CifarSource(DataSource):
     def __init__(self, c: dict):
         self.name, self._c = c["name"], c
-        self._cls, folder = CIFAR[self.name]
+        self._cls, folder, mean, std = CIFAR[self.name]
         self.root = Path(str(c["root"])).expanduser()
         if not c["download"] and not (self.root / folder).is_dir():
             raise FileNotFoundError(
@@ -49,7 +49,7 @@ class CifarSource(DataSource):
             raise ValueError(f"data.num_classes={c['num_classes']} but {self.name} has {self.num_classes} "
                              "classes; set it to null")
         self.native_resolution, self.half_resolution = c["native_resolution"], c["half_resolution"]
-        self.mean, self.std, self.verify_images = c["mean"], c["std"], c["verify_images"]
+        self.mean, self.std, self.verify_images = c["mean"] or mean, c["std"] or std, c["verify_images"]
         self._base: dict[bool, object] = {}
         self._lock = threading.Lock()
 

@@ -1,34 +1,28 @@
-"""The `data` config: defaults, and validation that runs before anything touches the disk.
+"""The `data` config: each source's arguments (its yaml), and validation that runs before anything touches the disk.
 
 Every error names the key as `data.<key>`, the bad value, and what is allowed.
 """
 
+import functools
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-NAMES = ("synthetic", "cifar10", "cifar100", "imagefolder", "imagenet")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 MISSING = "???"  # OmegaConf's marker for a mandatory value nobody set
+CONF_DATA = Path(__file__).resolve().parents[2] / "conf" / "data"
+# Each data source's arguments and their defaults are its conf/data/<name>.yaml, which also names its class
+# (`_target_`); nothing here repeats them.
+NAMES = tuple(sorted((p.stem for p in CONF_DATA.glob("*.yaml")), key=lambda n: (n != "synthetic", n)))
 
-DEFAULTS = dict(
-    name="synthetic", root=None, num_classes=None, native_resolution=None, half_resolution=None,
-    split_fraction=None, split_seed=0, download=False, crop_pct=0.875, train_scale=(0.05, 1.0),
-    train_ratio=(3 / 4, 4 / 3), hflip=True, interpolation="bicubic", mean=None, std=None,
-    verify_images="auto", num_workers=4, test_resolutions=None,
-    synthetic=dict(train_size=4000, val_size=1000, seed=0),
-)
-SYNTHETIC_DEFAULTS = DEFAULTS["synthetic"]
-# Per-dataset defaults on top of DEFAULTS (the conf/data/*.yaml files spell the same values out).
-NAME_DEFAULTS = {
-    # Mild crops only (zoom <= 1.3x): see conf/data/synthetic.yaml and g16net/data/synthetic.py.
-    "synthetic": dict(native_resolution=96, half_resolution=64, crop_pct=1.0, train_scale=(0.6, 1.0),
-                      interpolation="bilinear", num_workers=0),
-    "cifar10": dict(native_resolution=96, half_resolution=64),
-    "cifar100": dict(native_resolution=96, half_resolution=64),
-}
+
+@functools.lru_cache
+def source_defaults(name: str) -> dict:
+    """conf/data/<name>.yaml as a plain dict: the arguments data source `name` takes, with their defaults."""
+    return to_dict(OmegaConf.load(CONF_DATA / f"{name}.yaml"))
 
 
 def to_dict(cfg) -> dict:
@@ -91,22 +85,31 @@ def _triple(key: str, value, positive: bool) -> tuple[float, float, float] | Non
 
 
 def validate(cfg) -> dict:
-    """Merged, type-checked copy of the config; raises ValueError naming the first bad key."""
+    """The source's defaults (its yaml) updated with `cfg`, type-checked; raises ValueError naming the first bad
+    key. Keys another source takes are unknown here."""
     raw = to_dict(cfg)
-    unknown = sorted(set(raw) - set(DEFAULTS))
+    name = raw.get("name", "synthetic")
+    if name not in NAMES:
+        raise _err("name", name, ", ".join(NAMES))
+    defaults = source_defaults(name)
+    unknown = sorted(set(raw) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown data config key(s) {unknown}; allowed: {', '.join(DEFAULTS)}")
-    c = {**DEFAULTS, **NAME_DEFAULTS.get(raw.get("name", DEFAULTS["name"]), {}), **raw}
-    syn = c["synthetic"] if c["synthetic"] is not None else {}
-    if not isinstance(syn, Mapping):
-        raise _err("synthetic", syn, "a mapping with keys " + ", ".join(SYNTHETIC_DEFAULTS))
-    bad = sorted(set(syn) - set(SYNTHETIC_DEFAULTS))
-    if bad:
-        raise ValueError(f"unknown data.synthetic key(s) {bad}; allowed: {', '.join(SYNTHETIC_DEFAULTS)}")
-    c["synthetic"] = {**SYNTHETIC_DEFAULTS, **syn}
-
-    if c["name"] not in NAMES:
-        raise _err("name", c["name"], ", ".join(NAMES))
+        raise ValueError(f"unknown data config key(s) {unknown} for data.name={name!r}; allowed: "
+                         f"{', '.join(defaults)}")
+    c = {**defaults, **raw}
+    if "synthetic" in c:
+        syn = c["synthetic"] if c["synthetic"] is not None else {}
+        if not isinstance(syn, Mapping):
+            raise _err("synthetic", syn, "a mapping with keys " + ", ".join(defaults["synthetic"]))
+        bad = sorted(set(syn) - set(defaults["synthetic"]))
+        if bad:
+            raise ValueError(f"unknown data.synthetic key(s) {bad}; allowed: {', '.join(defaults['synthetic'])}")
+        c["synthetic"] = syn = {**defaults["synthetic"], **syn}
+        for key in ("train_size", "val_size"):
+            if not _is_int(syn[key]) or syn[key] < 1:
+                raise _err(f"synthetic.{key}", syn[key], "a positive integer number of images")
+        if not _is_int(syn["seed"]) or syn["seed"] < 0:
+            raise _err("synthetic.seed", syn["seed"], "an integer >= 0")
     for key in ("native_resolution", "half_resolution"):
         if c[key] == MISSING:
             c[key] = None
@@ -114,13 +117,13 @@ def validate(cfg) -> dict:
             check_resolution(key, c[key])
     if c["num_classes"] is not None and (not _is_int(c["num_classes"]) or c["num_classes"] < 1):
         raise _err("num_classes", c["num_classes"], "null (infer from the data) or a positive integer")
-    if c["split_fraction"] is not None and not (_is_num(c["split_fraction"]) and 0 < c["split_fraction"] < 1):
+    if c.get("split_fraction") is not None and not (_is_num(c["split_fraction"]) and 0 < c["split_fraction"] < 1):
         raise _err("split_fraction", c["split_fraction"],
                    "null (use root/train and root/val) or the training fraction, 0 < f < 1")
-    if not _is_int(c["split_seed"]):
+    if "split_seed" in c and not _is_int(c["split_seed"]):
         raise _err("split_seed", c["split_seed"], "an integer")
     for key in ("download", "hflip"):
-        if not isinstance(c[key], bool):
+        if key in c and not isinstance(c[key], bool):
             raise _err(key, c[key], "true or false")
     if not (_is_num(c["crop_pct"]) and 0 < c["crop_pct"] <= 1):
         raise _err("crop_pct", c["crop_pct"], "0 < crop_pct <= 1 (eval resizes to S / crop_pct, then crops S)")
@@ -140,10 +143,4 @@ def validate(cfg) -> dict:
         c["num_workers"] = auto_workers()
     if not _is_int(c["num_workers"]) or c["num_workers"] < 0:
         raise _err("num_workers", c["num_workers"], "an integer >= 0 or auto (from the CPUs)")
-    for key in ("train_size", "val_size"):
-        v = c["synthetic"][key]
-        if not _is_int(v) or v < 1:
-            raise _err(f"synthetic.{key}", v, "a positive integer number of images")
-    if not _is_int(c["synthetic"]["seed"]) or c["synthetic"]["seed"] < 0:
-        raise _err("synthetic.seed", c["synthetic"]["seed"], "an integer >= 0")
     return c

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
 from . import transforms
@@ -85,9 +86,10 @@ def stratified_split(samples: list[tuple[str, int]], fraction: float, seed: int)
 
 class ImageFolderSource(DataSource):
     """root/{train,val}/<class>/ or, with split_fraction, root/<class>/ split deterministically."""
+    allow_split = True
 
-    def __init__(self, c: dict, name: str = "imagefolder", allow_split: bool = True):
-        self.name, self._c = name, c
+    def __init__(self, c: dict):
+        self.name, self._c = c["name"], c
         root = Path(str(c["root"])).expanduser()
         where = f"data.root={str(c['root'])!r}"
         self.root, self._where = root, where
@@ -100,10 +102,10 @@ class ImageFolderSource(DataSource):
                 diff = sorted(set(val_classes) ^ set(self.class_names))
                 raise ValueError(f"{where}: train/ and val/ have different class folders "
                                  f"(not in both: {diff[:10]})")
-        elif not allow_split:
+        elif not self.allow_split:
             raise FileNotFoundError(f"{where}: expected root/train/<class>/ and "
                                     f"root/val/<class>/ (the ImageNet layout)")
-        elif c["split_fraction"] is None:
+        elif c.get("split_fraction") is None:
             raise ValueError(f"{where} has no train/ and val/ subfolders, so data.split_fraction "
                              "must be set (0 < f < 1: the training fraction of each class folder)")
         else:
@@ -118,7 +120,9 @@ class ImageFolderSource(DataSource):
                              "set num_classes to null to infer it")
         self.num_classes = n
         self.native_resolution, self.half_resolution = c["native_resolution"], c["half_resolution"]
-        self.mean, self.std, self.verify_images = c["mean"], c["std"], c["verify_images"]
+        self.mean = c["mean"] or IMAGENET_DEFAULT_MEAN
+        self.std = c["std"] or IMAGENET_DEFAULT_STD
+        self.verify_images = c["verify_images"]
         self._splits = None
         self._lock = threading.Lock()
 
@@ -159,3 +163,8 @@ class ImageFolderSource(DataSource):
                 except Exception as e:
                     raise ValueError(f"corrupt or unreadable image file {path} ({split} split): "
                                      f"{type(e).__name__}: {e}") from e
+
+
+class ImageNetSource(ImageFolderSource):
+    """ImageNet: root/train/<wnid>/ and root/val/<wnid>/ only."""
+    allow_split = False
