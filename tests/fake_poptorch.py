@@ -1,8 +1,9 @@
-"""A stand-in for `poptorch` (Graphcore's PopTorch, only shipped inside the Poplar SDK) for wiring tests.
+"""A stand-in for `poptorch` (Graphcore's PopTorch, only shipped inside the Poplar SDK) for behaviour tests.
 
 It mirrors the signatures of the PopTorch API the IPU backend calls (Options and its Training/Precision
 sub-options, DataLoader, trainingModel/inferenceModel executors, BeginBlock, identity_loss, optim.RMSprop/SGD),
-records every call in `CALLS`, and runs the model eagerly on the CPU so a tiny job completes. It says nothing
+records the executors it builds and each device call in `CALLS`, and runs the model eagerly on the CPU so a tiny
+job completes. It says nothing
 about IPU numerics or speed: a training call is forward/backward per micro-batch and one plain torch optimizer step
 per device iteration (no loss scaling, no TF-style RMSprop, no stochastic rounding).
 
@@ -58,33 +59,28 @@ class _Training:
         self.gradient_accumulation = 1
 
     def gradientAccumulation(self, gradient_accumulation: int):
-        _record("Training.gradientAccumulation", gradient_accumulation=gradient_accumulation)
         self.gradient_accumulation = gradient_accumulation
         return self
 
     def accumulationAndReplicationReductionType(self, reduction_type):
         if not isinstance(reduction_type, ReductionType) or reduction_type == ReductionType.NoReduction:
             raise ValueError("accumulationAndReplicationReductionType must be ReductionType.Mean or Sum")
-        _record("Training.accumulationAndReplicationReductionType", reduction_type=reduction_type)
         return self
 
 
 class _Precision:
     def enableStochasticRounding(self, enabled: bool):
-        _record("Precision.enableStochasticRounding", enabled=enabled)
         return self
 
     def setPartialsType(self, dtype):
         if dtype not in (torch.float, torch.float32, torch.half, torch.float16):
             raise ValueError("parameter to setPartialsType should be either torch.float or torch.half")
-        _record("Precision.setPartialsType", dtype=dtype)
         return self
 
 
-def _setter(api: str, attr: str, arg: str | None = None):
-    """A chainable PopTorch Options setter that records its call under the real API name and keyword."""
+def _setter(api: str, attr: str):
+    """A chainable PopTorch Options setter."""
     def set_value(self, value):
-        _record(f"Options.{api}", **{arg or attr: value})
         setattr(self, attr, value)
         return self
     set_value.__name__ = api
@@ -97,34 +93,29 @@ class Options:
         self.available_memory_proportion, self.synthetic_data, self.cache_path = {}, False, None
         self.output_mode, self.auto_round_num_ipus = OutputMode.Default, False
         self.Training, self.Precision = _Training(), _Precision()
-        _record("Options", options=self)
 
     replicationFactor = _setter("replicationFactor", "replication_factor")
     deviceIterations = _setter("deviceIterations", "device_iterations")
-    enableExecutableCaching = _setter("enableExecutableCaching", "cache_path", arg="path")
-    enableSyntheticData = _setter("enableSyntheticData", "synthetic_data", arg="enabled")
+    enableExecutableCaching = _setter("enableExecutableCaching", "cache_path")
+    enableSyntheticData = _setter("enableSyntheticData", "synthetic_data")
 
     def autoRoundNumIPUs(self, auto_round_num_ipus: bool = True):
-        _record("Options.autoRoundNumIPUs", auto_round_num_ipus=auto_round_num_ipus)
         self.auto_round_num_ipus = auto_round_num_ipus
         return self
 
     def outputMode(self, output_mode, output_return_period=None):
         assert isinstance(output_mode, OutputMode)
-        _record("Options.outputMode", output_mode=output_mode, output_return_period=output_return_period)
         self.output_mode = output_mode
         return self
 
     def randomSeed(self, random_seed: int):
         assert isinstance(random_seed, int)
         torch.manual_seed(random_seed)  # as PopTorch does: it seeds the host too
-        _record("Options.randomSeed", random_seed=random_seed)
         self.random_seed = random_seed
         return self
 
     def setAvailableMemoryProportion(self, available_memory_proportion: dict):
         assert all(k.startswith("IPU") for k in available_memory_proportion), available_memory_proportion
-        _record("Options.setAvailableMemoryProportion", available_memory_proportion=available_memory_proportion)
         self.available_memory_proportion = {int(k[3:]): v for k, v in available_memory_proportion.items()}
         return self
 
@@ -138,8 +129,6 @@ class DataLoader(torch.utils.data.DataLoader):
         assert isinstance(options, Options)
         combined = (batch_size * options.device_iterations * options.replication_factor
                     * options.Training.gradient_accumulation)
-        _record("DataLoader", options=options, dataset=dataset, batch_size=batch_size, combined=combined,
-                shuffle=shuffle, drop_last=drop_last, num_workers=num_workers)
         if persistent_workers is None:
             persistent_workers = num_workers > 0
         super().__init__(dataset, batch_size=combined, shuffle=shuffle, num_workers=num_workers,
@@ -148,13 +137,11 @@ class DataLoader(torch.utils.data.DataLoader):
 
 def identity_loss(x, reduction):
     assert reduction in ("sum", "mean", "none"), "Unsupported reduction type!"
-    _record("identity_loss", reduction=reduction, shape=tuple(x.shape))
     return x.sum() if reduction == "sum" else x.mean() if reduction == "mean" else x
 
 
 def BeginBlock(layer_to_call, user_id=None, ipu_id=None):
     assert isinstance(layer_to_call, nn.Module)
-    _record("BeginBlock", layer=layer_to_call, user_id=user_id, ipu_id=ipu_id)
 
     def enter(module, args):
         if _TRACE is not None:
@@ -173,14 +160,12 @@ class PoplarExecutor:
         self.destroyed = self.compiled = False
 
     def setOptimizer(self, optimizer):
-        _record("setOptimizer", lr=[g["lr"] for g in optimizer.param_groups])
         self.optimizer = optimizer
 
     def copyWeightsToHost(self):
-        _record("copyWeightsToHost")
+        """The eager model already holds the weights on the host."""
 
     def destroy(self):
-        _record("destroy", training=self.training)
         self.destroyed = True
 
     def _forward(self, *args):
@@ -257,22 +242,15 @@ class PoplarExecutor:
         return torch.cat(picked)
 
 
-def _param_summary(model):
-    params = list(model.parameters())
-    return dict(dtypes={p.dtype for p in params}, trainable=sum(p.numel() for p in params if p.requires_grad),
-                total=sum(p.numel() for p in params))
-
-
 def trainingModel(model, options=None, optimizer=None):
     assert optimizer is not None
-    _record("trainingModel", model=model, options=options, optimizer=optimizer, **_param_summary(model))
+    _record("trainingModel", model=model, options=options, optimizer=optimizer)
     return PoplarExecutor(model, options, True, optimizer)
 
 
 def inferenceModel(model, options=None):
     assert options is None or options.Training.gradient_accumulation == 1, \
         "Gradient accumulation should be left to its default value (1) for inference"
-    _record("inferenceModel", model=model, options=options, training_mode=model.training, **_param_summary(model))
     return PoplarExecutor(model, options, False)
 
 
@@ -293,9 +271,6 @@ class _RMSprop(torch.optim.RMSprop, _Optim):
         self._check_types(accum_type, first_order_momentum_accum_type, second_order_momentum_accum_type)
         self.loss_scaling = 1.0 if loss_scaling is None else loss_scaling
         self.use_tf_variant = bool(use_tf_variant)
-        self.accum_types = (accum_type, first_order_momentum_accum_type, second_order_momentum_accum_type)
-        _record("optim.RMSprop", **parent, loss_scaling=loss_scaling, use_tf_variant=use_tf_variant,
-                accum_types=self.accum_types)
 
 
 class _SGD(torch.optim.SGD, _Optim):
@@ -307,7 +282,6 @@ class _SGD(torch.optim.SGD, _Optim):
         super().__init__(params, **{k: v for k, v in parent.items() if v is not None})
         self._check_types(accum_type, velocity_accum_type)
         self.loss_scaling = 1.0 if loss_scaling is None else loss_scaling
-        _record("optim.SGD", **parent, loss_scaling=loss_scaling, accum_types=(accum_type, velocity_accum_type))
 
 
 optim = types.SimpleNamespace(RMSprop=_RMSprop, SGD=_SGD)  # `poptorch.optim`
