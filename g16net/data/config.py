@@ -84,6 +84,31 @@ def _triple(key: str, value, positive: bool) -> tuple[float, float, float] | Non
     return tuple(float(v) for v in value)
 
 
+def _flag(v) -> bool:
+    return isinstance(v, bool)
+
+
+# key -> (accepts the value?, what is allowed); a key is checked where the source takes it.
+CHECKS = {
+    "num_classes": (lambda v: v is None or (_is_int(v) and v >= 1), "null (infer from the data) or a positive integer"),
+    "split_fraction": (lambda v: v is None or (_is_num(v) and 0 < v < 1),
+                       "null (use root/train and root/val) or the training fraction, 0 < f < 1"),
+    "split_seed": (_is_int, "an integer"),
+    "download": (_flag, "true or false"),
+    "hflip": (_flag, "true or false"),
+    "crop_pct": (lambda v: _is_num(v) and 0 < v <= 1, "0 < crop_pct <= 1 (eval resizes to S / crop_pct, then crops S)"),
+    "interpolation": (lambda v: v in INTERPOLATIONS, ", ".join(INTERPOLATIONS)),
+    "verify_images": (lambda v: v in (True, False, "auto"), "true, false or auto (verify when <= 20000 files)"),
+    "test_resolutions": (lambda v: v is None or (isinstance(v, (list, tuple)) and v and all(_is_int(r) and r > 0
+                                                                                           for r in v)),
+                         "null (train, native and native + 32) or a list of positive pixels"),
+    "num_workers": (lambda v: v == "auto" or (_is_int(v) and v >= 0), "an integer >= 0 or auto (from the CPUs)"),
+}
+SYNTHETIC_CHECKS = {"train_size": (lambda v: _is_int(v) and v >= 1, "a positive integer number of images"),
+                    "val_size": (lambda v: _is_int(v) and v >= 1, "a positive integer number of images"),
+                    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0")}
+
+
 def validate(cfg) -> dict:
     """The source's defaults (its yaml) updated with `cfg`, type-checked; raises ValueError naming the first bad
     key. Keys another source takes are unknown here."""
@@ -91,56 +116,35 @@ def validate(cfg) -> dict:
     name = raw.get("name", "synthetic")
     if name not in NAMES:
         raise _err("name", name, ", ".join(NAMES))
-    defaults = source_defaults(name)
-    unknown = sorted(set(raw) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown data config key(s) {unknown} for data.name={name!r}; allowed: "
-                         f"{', '.join(defaults)}")
-    c = {**defaults, **raw}
+    c = _merged("", source_defaults(name), raw, f" for data.name={name!r}")
     if "synthetic" in c:
-        syn = c["synthetic"] if c["synthetic"] is not None else {}
-        if not isinstance(syn, Mapping):
-            raise _err("synthetic", syn, "a mapping with keys " + ", ".join(defaults["synthetic"]))
-        bad = sorted(set(syn) - set(defaults["synthetic"]))
-        if bad:
-            raise ValueError(f"unknown data.synthetic key(s) {bad}; allowed: {', '.join(defaults['synthetic'])}")
-        c["synthetic"] = syn = {**defaults["synthetic"], **syn}
-        for key in ("train_size", "val_size"):
-            if not _is_int(syn[key]) or syn[key] < 1:
-                raise _err(f"synthetic.{key}", syn[key], "a positive integer number of images")
-        if not _is_int(syn["seed"]) or syn["seed"] < 0:
-            raise _err("synthetic.seed", syn["seed"], "an integer >= 0")
+        c["synthetic"] = _merged("synthetic.", source_defaults(name)["synthetic"], c["synthetic"] or {})
+        _check(c["synthetic"], SYNTHETIC_CHECKS, "synthetic.")
+    _check(c, CHECKS)
     for key in ("native_resolution", "half_resolution"):
-        if c[key] == MISSING:
-            c[key] = None
+        c[key] = None if c[key] == MISSING else c[key]
         if c[key] is not None:
             check_resolution(key, c[key])
-    if c["num_classes"] is not None and (not _is_int(c["num_classes"]) or c["num_classes"] < 1):
-        raise _err("num_classes", c["num_classes"], "null (infer from the data) or a positive integer")
-    if c.get("split_fraction") is not None and not (_is_num(c["split_fraction"]) and 0 < c["split_fraction"] < 1):
-        raise _err("split_fraction", c["split_fraction"],
-                   "null (use root/train and root/val) or the training fraction, 0 < f < 1")
-    if "split_seed" in c and not _is_int(c["split_seed"]):
-        raise _err("split_seed", c["split_seed"], "an integer")
-    for key in ("download", "hflip"):
-        if key in c and not isinstance(c[key], bool):
-            raise _err(key, c[key], "true or false")
-    if not (_is_num(c["crop_pct"]) and 0 < c["crop_pct"] <= 1):
-        raise _err("crop_pct", c["crop_pct"], "0 < crop_pct <= 1 (eval resizes to S / crop_pct, then crops S)")
     c["train_scale"] = _pair("train_scale", c["train_scale"], 0, 1)
     c["train_ratio"] = _pair("train_ratio", c["train_ratio"], 0, math.inf)
-    if c["interpolation"] not in INTERPOLATIONS:
-        raise _err("interpolation", c["interpolation"], ", ".join(INTERPOLATIONS))
     c["mean"] = _triple("mean", c["mean"], positive=False)
     c["std"] = _triple("std", c["std"], positive=True)
-    if c["verify_images"] not in (True, False, "auto"):
-        raise _err("verify_images", c["verify_images"], "true, false or auto (verify when <= 20000 files)")
-    tests = c["test_resolutions"]
-    if tests is not None and not (isinstance(tests, (list, tuple)) and tests
-                                  and all(_is_int(r) and r > 0 for r in tests)):
-        raise _err("test_resolutions", tests, "null (train, native and native + 32) or a list of positive pixels")
     if c["num_workers"] == "auto":
         c["num_workers"] = auto_workers()
-    if not _is_int(c["num_workers"]) or c["num_workers"] < 0:
-        raise _err("num_workers", c["num_workers"], "an integer >= 0 or auto (from the CPUs)")
     return c
+
+
+def _merged(prefix: str, defaults: dict, given, where: str = "") -> dict:
+    if not isinstance(given, Mapping):
+        raise _err(prefix.rstrip("."), given, "a mapping with keys " + ", ".join(defaults))
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown data{'.' + prefix.rstrip('.') if prefix else ' config'} key(s) {unknown}{where}; "
+                         f"allowed: {', '.join(defaults)}")
+    return {**defaults, **given}
+
+
+def _check(c: dict, checks: dict, prefix: str = "") -> None:
+    for key, (ok, allowed) in checks.items():
+        if key in c and not ok(c[key]):
+            raise _err(prefix + key, c[key], allowed)
