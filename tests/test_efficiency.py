@@ -18,6 +18,14 @@ def test_grouped_conv_macs_count_per_group():
     assert count_params(conv) == 32 * 16 * 9
 
 
+def test_macs_per_image_leave_out_parameter_only_statistics():
+    """Proxy Norm's statistics depend on the weights only (computed once at inference), so G16-B0 with LN+PN costs
+    the MACs of the same model with plain LN (0.635 GMACs at 224 px: spec section 1, G16-B0 @native)."""
+    ln, pn = (forward_macs(g16net.create_model(norm=n), 224) for n in ("ln", "ln_pn"))
+    assert pn == ln
+    assert ln / 1e9 == pytest.approx(0.635, abs=5e-4)
+
+
 def test_throughput_protocol_leaves_the_model_untouched():
     model = g16net.create_model(norm="ln_pn", num_classes=5)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -8,6 +8,7 @@ import g16net
 from g16net.bench import set_pn_impl
 from g16net.efficiency import saved_activation_bytes
 from g16net.models import GroupNormProxyAct2d, ProxyNormAct2d, gaussian_quantiles
+from g16net.models import proxy_norm
 from g16net.models.proxy_norm import _moments, _proxy_preactivation, _ProxySiLUMoments, batched_proxy_stats
 
 
@@ -195,15 +196,23 @@ def test_fast_path_gradcheck_fp64(groups):
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)
 
 
-def test_proxy_silu_moments_match_autograd_formula_and_gradcheck():
+@pytest.mark.parametrize("chunk_points", [65536, 64])  # one chunk; chunks of 2 rows (the last one shorter)
+def test_proxy_silu_moments_match_autograd_formula_and_gradcheck(monkeypatch, chunk_points):
+    """The closed-form backward (sums taken in the forward) against autograd through the spec's formula."""
+    monkeypatch.setattr(proxy_norm, "_CHUNK_POINTS", chunk_points)
     torch.manual_seed(0)
-    params = [torch.randn(5, dtype=torch.float64) * 0.3 + v for v in (1.0, 0.0, 0.0, 0.0)]
+    params = [(torch.randn(5, dtype=torch.float64) * 0.3 + v).requires_grad_(True) for v in (1.0, 0.0, 0.0, 0.0)]
     u = gaussian_quantiles(32).double()
     a, b = params[0] * (1 + params[2]), params[0] * params[3] + params[1]
     fast = _ProxySiLUMoments.apply(a, b, u, 0.03)
     ref = _moments(nn.SiLU()(_proxy_preactivation(*params, u)), 0.03)
     assert all(torch.allclose(f, r, atol=1e-12) for f, r in zip(fast, ref))
-    ab = (a.clone().requires_grad_(True), b.clone().requires_grad_(True))
+    weights = torch.randn(2, 5, dtype=torch.float64)
+    grads = [torch.autograd.grad((weights[0] * mu + weights[1] * s).sum(), params) for mu, s in (fast, ref)]
+    assert all(torch.allclose(f, r, atol=1e-10) for f, r in zip(*grads))
+    with torch.no_grad():  # forward only: the sums for the backward are skipped, the values are the same
+        assert all(torch.equal(f, r) for f, r in zip(_ProxySiLUMoments.apply(a, b, u, 0.03), fast))
+    ab = (a.detach().requires_grad_(True), b.detach().requires_grad_(True))
     assert torch.autograd.gradcheck(lambda a, b: _ProxySiLUMoments.apply(a, b, u, 0.03), ab)
 
 
@@ -211,10 +220,11 @@ def test_proxy_silu_moments_match_autograd_formula_and_gradcheck():
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("autocast_dtype, atol", [(None, 1e-5), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_fast_path_matches_reference_formula(groups, mode, autocast_dtype, atol, memory_format):
+@pytest.mark.parametrize("size", [5, 2])  # 2x2 planes take the broadcasting ops instead of the norm kernels
+def test_fast_path_matches_reference_formula(groups, mode, autocast_dtype, atol, memory_format, size):
     layer = _random_params(GroupNormProxyAct2d(8, num_groups=groups), seed=groups)
     getattr(layer, mode)()
-    x = (torch.randn(3, 8, 5, 5) * 2 + 0.5).contiguous(memory_format=memory_format)
+    x = (torch.randn(3, 8, size, size) * 2 + 0.5).contiguous(memory_format=memory_format)
     x = x.bfloat16() if autocast_dtype else x
     weight = torch.linspace(-1, 1, x.numel()).view(x.shape)
     (y_fast, fn_fast, g_fast), (y_ref, _, g_ref) = _fused_and_reference(layer, x, weight, autocast_dtype)
