@@ -134,3 +134,25 @@ def test_timm_registration():
     assert (g1.group_size, g1.expand_ratio) == (1, 6) and count_params(g1) == 5_288_548
     with pytest.raises(ValueError, match="no pretrained weights"):
         timm.create_model("g16_efficientnet_b0", pretrained=True)
+
+
+@pytest.mark.parametrize("norm", ["bn", "ln_pn"])
+def test_zero_init_last_starts_residual_blocks_as_identities(norm):
+    torch.manual_seed(0)
+    plain = g16net.create_model("b0", norm=norm, num_classes=10, drop_path_rate=0.0).eval()
+    torch.manual_seed(0)
+    zero = g16net.create_model("b0", norm=norm, num_classes=10, drop_path_rate=0.0, zero_init_last=True).eval()
+    skip, other = 0, 0
+    for (name, a), b in zip(plain.blocks.named_modules(), zero.blocks.modules()):
+        if not hasattr(a, "has_skip"):
+            continue
+        x = torch.randn(2, a.conv_pw.in_channels if hasattr(a, "conv_pw") else a.conv_dw.in_channels, 8, 8)
+        with torch.no_grad():
+            if a.has_skip:
+                skip += 1
+                assert torch.equal(b(x), x), name  # the branch adds exactly zero
+                assert not torch.allclose(a(x), x), name
+            else:
+                other += 1
+                torch.testing.assert_close(b(x), a(x))  # blocks without a skip keep the authors' init
+    assert skip == 9 and other == 7  # G16-B0: 16 blocks, 9 of them skip-connected

@@ -137,3 +137,4 @@ def test_paper_preset_is_the_papers_recipe_unscaled(tmp_path):
     assert (plan.lr, plan.rmsprop_alpha) == (0.046875, 0.953125)
     assert (plan.finetune_lr, plan.finetune_rmsprop_alpha) == (0.25, 0.96875)
     assert cfg.finetune.optimizer.name == "rmsproptf" and cfg.finetune.scheduler.name == "cosine"
+    assert cfg.model.zero_init_last is False  # the authors' init; the short-run default turns it on

@@ -139,7 +139,7 @@ class G16EfficientNet(nn.Module):
     def __init__(
         self, size: str = "b0", group_size: int = 16, expand_ratio: float = 4, norm: str = "ln_pn",
         num_classes: int = 1000, drop_rate: float | None = None, drop_path_rate: float | None = None,
-        in_chans: int = 3, group_rule: str = "authors",
+        in_chans: int = 3, group_rule: str = "authors", zero_init_last: bool = False,
     ):
         super().__init__()
         spec = check_size(size)
@@ -175,6 +175,16 @@ class G16EfficientNet(nn.Module):
             first_conv="conv_stem", classifier="classifier",
         )
         self.apply(_init_weights)
+        if zero_init_last:
+            self._zero_init_last()
+
+    def _zero_init_last(self):
+        """Residual blocks start as identities: the scale of the norm closing each skip-connected branch is 0.
+        Not the authors' init (PAPER.md section 2); short small-batch runs need it (README "The recipe")."""
+        for blk in self.blocks.modules():
+            if getattr(blk, "has_skip", False):
+                last = blk.bn3 if isinstance(blk, InvertedResidual) else blk.bn2
+                nn.init.zeros_(last.weight)
 
     @staticmethod
     def _block(b: dict, groups: int, norm_act, drop_path: float) -> nn.Module:
@@ -251,6 +261,7 @@ def create_model(
     """Build G16-EfficientNet (defaults) or the G1 baseline (`group_size=1, expand_ratio=6`).
 
     drop_rate / drop_path_rate: None = the size's dropout and 0.2. group_rule: "authors" (exact, default) or
-    "divisor" (see `spatial_groups`; G16-B6 needs it). Raises ValueError naming a bad argument.
+    "divisor" (see `spatial_groups`; G16-B6 needs it). zero_init_last: residual branches start at zero (not the
+    authors' init; the training job turns it on for short runs). Raises ValueError naming a bad argument.
     """
     return G16EfficientNet(size, group_size, expand_ratio, norm, num_classes, drop_rate, drop_path_rate, **kw)
