@@ -21,7 +21,7 @@ def test_ddp_two_processes_write_one_run(tmp_path):
     run_cli([*TINY, *DDP_CPU, f"hydra.run.dir={run_dir}"], cwd=cwd)
     m = _metrics(run_dir)
     assert (m["world_size"], m["global_batch_size"], m["per_device_batch_size"]) == (2, 16, 8)
-    assert m["lr"] == pytest.approx(16 * 2**-16)  # scaled from the global batch, not the per-device one
+    assert m["lr"] == pytest.approx(16 * 2**-17)  # scaled from the global batch, not the per-device one
     assert list(cwd.iterdir()) == []  # rank 1 reused rank 0's run dir: no stray outputs/ anywhere
     assert [p.name for p in run_dir.iterdir() if p.name == "metrics.json"] == ["metrics.json"]
 
