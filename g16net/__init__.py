@@ -1,6 +1,6 @@
 """g16net: G16-EfficientNet with batch-independent normalization and half-resolution training."""
 
-from .models import create_model
+from .models import create_model, fold_for_inference
 
 __version__ = "0.1.0"
-__all__ = ["create_model"]
+__all__ = ["create_model", "fold_for_inference"]

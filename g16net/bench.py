@@ -6,6 +6,11 @@ measured under the same (resolution, mode, precision, layout, compile) settings,
   python -m g16net.bench --norms bn,gn,ln,ln_pn --res 64,128 --batch 32              # CPU, fp32
   python -m g16net.bench --res 160,224 --precision bf16 --layout nchw,nhwc --compile 0,1 --batch 128   # GPU
   python -m g16net.bench --norms ln,ln_pn --base ln                          # Proxy Norm's price over plain LN
+
+Proxy Norm models run as `--pn-impl` says: "fused" (the model as trained), "reference" (the spec's formula op by
+op) and, for inference rows only, "folded": `g16net.fold_for_inference`, which folds each PN layer's
+post-activation affine into the layer after it (an eval-only model with the same logits). The default measures
+both the fused and the folded model, so inference rows show the unfolded and the folded number side by side.
 """
 
 import argparse
@@ -20,17 +25,18 @@ import torch
 import g16net  # noqa: F401  (registers our timm names)
 
 from .efficiency import PRECISIONS, count_params, forward_macs, measure_throughput
-from .models import NORMS, GroupNormProxyAct2d
+from .models import NORMS, GroupNormProxyAct2d, fold_for_inference, is_folded
 
-PN_IMPLS = ("fused", "reference")
+PN_IMPLS = ("fused", "reference", "folded")
 
 
 def set_pn_impl(model: torch.nn.Module, impl: str) -> torch.nn.Module:
-    """Switch every LN/GN + Proxy Norm layer between the fused and the reference formulation."""
+    """Switch every LN/GN + Proxy Norm layer between the fused and the reference formulation; "folded": the fused
+    model in eval with PN's post-activation affine folded forward (`fold_for_inference`, inference only)."""
     for m in model.modules():
         if isinstance(m, GroupNormProxyAct2d):
-            m.fused = impl == "fused"
-    return model
+            m.fused = impl != "reference"
+    return fold_for_inference(model.eval(), inplace=True) if impl == "folded" else model
 
 
 def _csv_list(kind):
@@ -52,7 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--precision", type=_csv_list(str), default=["fp32"], help=f"any of {PRECISIONS}")
     p.add_argument("--layout", type=_csv_list(str), default=["nchw"], help="nchw and/or nhwc (channels_last)")
     p.add_argument("--compile", type=_csv_list(int), default=[0], help="0 and/or 1 (torch.compile)")
-    p.add_argument("--pn-impl", type=_csv_list(str), default=["fused"], help=f"any of {PN_IMPLS}")
+    p.add_argument("--pn-impl", type=_csv_list(str), default=["fused", "folded"],
+                   help=f"Proxy Norm models, any of {PN_IMPLS}; folded (PN's affine folded into the next layer, "
+                        "g16net.fold_for_inference) is measured in infer rows only, as it cannot train")
     p.add_argument("--base", default=None,
                    help="ratio denominator: one of --peers, or one of --norms for our model with that norm (e.g. ln "
                         "to price Proxy Norm against plain LayerNorm); default: the first peer")
@@ -117,13 +125,18 @@ def run(args) -> list[dict]:
         samples = [[] for _ in models]
         for _ in range(args.repeats):
             for i, (_, _, model) in enumerate(models):
+                if mode == "train" and is_folded(model):
+                    continue
                 samples[i].append(measure_throughput(model, res, args.batch, mode, args.warmup, args.steps, prec,
                                                      layout == "nhwc", bool(comp), device))
-        medians = [sorted(runs, key=lambda m: m.img_per_s)[len(runs) // 2] for runs in samples]
+        medians = [sorted(runs, key=lambda m: m.img_per_s)[len(runs) // 2] if runs else None for runs in samples]
+        base = medians[base_i]  # None in training rows when --base names a folded model
         for (label, norm, model), t in zip(models, medians):
+            if t is None:  # a folded model in a training row
+                continue
             row = dict(model=label, norm=norm, res=res, mode=mode, prec=prec, layout=layout, comp=comp,
                        params_M=count_params(model) / 1e6, GMACs=forward_macs(model, res) / 1e9,
-                       **{"img/s": t.img_per_s, "ratio": t.img_per_s / medians[base_i].img_per_s,
+                       **{"img/s": t.img_per_s, "ratio": None if base is None else t.img_per_s / base.img_per_s,
                           "act_MB": t.activation_mb, "peak_MB": t.peak_mem_mb},
                        batch=args.batch, repeats=args.repeats, device=device)
             rows.append(row)
