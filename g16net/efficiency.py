@@ -9,7 +9,7 @@ forward + cross-entropy + backward + RMSprop-TF update, on a copy of the model s
 import copy
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -52,9 +52,6 @@ class Throughput:
     precision: str
     channels_last: bool
     compiled: bool
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _autocast(device: torch.device, precision: str):
