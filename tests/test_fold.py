@@ -50,6 +50,15 @@ def test_folded_logits_match_at_every_size_and_batch(norm):
         assert _close(out, ref), (res, batch, (out - ref).abs().max())
 
 
+def test_folded_model_runs_channels_last():
+    """NHWC activations take the SE's generic in-place multiply-add (no (1, N * C, H, W) view of them exists)."""
+    model = _model("ln_pn")
+    folded = fold_for_inference(model).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert _close(folded(x.contiguous(memory_format=torch.channels_last)), model(x))
+
+
 def test_fold_copies_by_default_and_converts_in_place_when_asked():
     model = _model("ln_pn")
     x = torch.randn(2, 3, 64, 64)

@@ -92,10 +92,13 @@ class FoldedSqueezeExcite(_EvalOnly):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_se = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
         g = self.gate(x_se)
+        a, b = self.a.to(g.dtype), self.b.to(g.dtype)
         if tracing():  # captured graphs: the plain ops (the in-place kernel call is an eager speed-up)
-            return torch.addcmul(self.b.to(x.dtype) * g, x, self.a.to(x.dtype) * g)
+            return torch.addcmul(b * g, x, a * g)
+        if not x.is_contiguous():  # channels_last: no (1, N * C, H, W) view; the multiply-add in place
+            return torch.addcmul(b * g, x, a * g, out=x)
         n, c = x.shape[:2]
-        scale, shift = (self.a.to(g.dtype) * g).view(n * c), (self.b.to(g.dtype) * g).view(n * c)
+        scale, shift = (a * g).view(n * c), (b * g).view(n * c)
         # In place, as a per-(sample, channel) affine over N * C planes (the channel-affine kernel of Proxy Norm):
         # x is the norm's fresh output, read by nothing else (the blocks' shortcut is their input). timm's
         # out-of-place multiply allocates the block's largest tensor, which on CPU costs more than the pass itself,
