@@ -5,8 +5,8 @@ import csv
 import warnings
 
 import pytest
+import timm
 import torch
-import torch.nn.functional as F
 from timm.models._efficientnet_blocks import SqueezeExcite
 
 import g16net
@@ -57,6 +57,19 @@ def test_folded_model_runs_channels_last():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert _close(folded(x.contiguous(memory_format=torch.channels_last)), model(x))
+
+
+def test_folded_backbone_gives_the_same_features():
+    """features_only: the folds stay inside the blocks (and stem -> first block), so every stage output matches."""
+    torch.manual_seed(0)
+    model = timm.create_model("g16_efficientnet_b0", norm="ln_pn", features_only=True).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn_like(p))
+        folded = fold_for_inference(model)
+        x = torch.randn(2, 3, 64, 64)
+        assert is_folded(folded) and all(_close(a, b) for a, b in zip(folded(x), model(x)))
 
 
 def test_fold_copies_by_default_and_converts_in_place_when_asked():
