@@ -20,7 +20,7 @@ def _model(norm, num_classes=7):
     torch.manual_seed(0)
     model = g16net.create_model("b0", norm=norm, num_classes=num_classes, drop_rate=0.2, drop_path_rate=0.2)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.3 * torch.randn_like(p))
     return model.eval()

@@ -26,8 +26,8 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
+from torch import nn
 
 from .proxy_norm import GroupNormProxyAct2d, _channel_affine_, _compute_dtype, tracing
 
