@@ -205,3 +205,31 @@ def test_sigterm_inside_a_sweep_stops_it_non_zero_and_records_why(tmp_path):
     err = json.loads((sweep / "0" / "error.json").read_text())
     assert err["status"] == "stopped" and "SIGTERM" in err["error"]
     assert not (sweep / "0" / "metrics.json").exists() and not (sweep / "1" / "metrics.json").exists()
+
+
+LIGHTNING_SAW_SIGTERM = """
+import sys
+from g16net.lit_module import LitClassifier
+real = LitClassifier.training_step
+def step(self, *a, **k):  # what Lightning's SIGTERM notifier leaves when our handler's exception is lost
+    self.trainer._signal_connector.received_sigterm = True
+    return real(self, *a, **k)
+LitClassifier.training_step = step
+from g16net.train import main
+sys.argv = ["g16net.train", *sys.argv[1:]]
+main()
+"""
+
+
+def test_sigterm_seen_only_by_lightning_still_exits_143_with_error_json(tmp_path):
+    """Lightning ends its loop with a SystemExit of status 0 when it alone saw SIGTERM; the run must still be
+    recorded as stopped, not pass as a success."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-c", LIGHTNING_SAW_SIGTERM, "-m", *TINY, "norm=gn,ln",
+                           "throughput.enabled=false", f"hydra.sweep.dir={sweep}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 143, (proc.stdout + proc.stderr)[-3000:]
+    err = json.loads((sweep / "0" / "error.json").read_text())
+    assert err["status"] == "stopped" and "SIGTERM" in err["error"]
+    assert not (sweep / "0" / "metrics.json").exists() and not (sweep / "1").exists()
