@@ -105,8 +105,6 @@ def _hydra_files(cfg: DictConfig, hc) -> dict:
 def main_job(cfg: DictConfig) -> float | None:
     """Run one job; in a sweep a failing job records error.json and lets the others go on. A stopped job (SIGTERM,
     SIGINT) records why and ends the whole process with 128 + the signal number."""
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
     from .run_safety import RunDirRefused, RunStopped, launch_rank, stop_on_signals
     from .runner import run  # heavy imports after Hydra has parsed the command line
 
@@ -130,11 +128,7 @@ def main_job(cfg: DictConfig) -> float | None:
     try:
         with stop_on_signals(managed_stop), _own_ddp_world(sweeping):
             metrics = run(cfg, run_dir, requeued=requeued, hydra_files=_hydra_files(cfg, hc), state=state)
-    except (RunStopped, SIGTERMException) as e:
-        if not isinstance(e, RunStopped):
-            # Lightning's own SIGTERM path (a SystemExit with status 0): it ends the loop when the signal lands
-            # where our handler's exception cannot surface, e.g. while a checkpoint is being written.
-            e = RunStopped(signal.SIGTERM)
+    except RunStopped as e:
         record(f"stopped by {e.name} before it finished", status="stopped", signal=e.name)
         last = _last_checkpoint(run_dir)
         log.error("run stopped by %s%s; resume it with:\n  %s", e.name,

@@ -5,17 +5,21 @@ The `trainer` config section is passed to `pl.Trainer` as it is (any Trainer arg
 """
 
 import logging
+import signal
 import sys
+from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..callbacks import Bar, EpochLog, EvalPipelineThroughput, PipelineThroughput
 from ..config import resolve_accelerator
 from ..efficiency import measure_throughput
 from ..lit_module import LitClassifier
+from ..run_safety import RunStopped
 from . import Device, Fitted, Phase
 
 # Lightning's info lines (GPU/TPU available, the litmodels tip, "fit stopped") repeat for every phase's Trainer;
@@ -24,6 +28,16 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARN
 logging.getLogger("lightning_fabric.utilities.rank_zero").setLevel(logging.WARNING)
 APP_KEYS = ("progress_bar",)  # trainer section keys that are not pl.Trainer arguments
 _PRECISION = {"32-true": "fp32", "64-true": "fp32", "bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "fp16"}
+
+
+@contextmanager
+def _stops_as_run_stopped():
+    """Lightning ends its loops with SIGTERMException, a SystemExit of status 0, when it alone saw SIGTERM (the
+    signal landed where our handler's RunStopped was lost, e.g. while a checkpoint was written): a stop all the same."""
+    try:
+        yield
+    except SIGTERMException:
+        raise RunStopped(signal.SIGTERM) from None
 
 
 class LightningBackend:
@@ -66,8 +80,9 @@ class LightningBackend:
                        epochs=phase.epochs, mixup=phase.mixup, ema_cfg=phase.ema,
                        trainable="head" if phase.head_only else "all", recalibrate_bn=phase.recalibrate_bn,
                        head_dropout=phase.dropout, eval_resolutions=[phase.resolution], num_classes=phase.num_classes)
-        trainer.fit(lit, self.loader(phase.train_set, phase.batch, True),
-                    self.loader(phase.val_set, self.cfg.eval_batch_size, False), ckpt_path=phase.resume)
+        with _stops_as_run_stopped():
+            trainer.fit(lit, self.loader(phase.train_set, phase.batch, True),
+                        self.loader(phase.val_set, self.cfg.eval_batch_size, False), ckpt_path=phase.resume)
         if lit.ema is not None:
             model.load_state_dict(lit.ema.module.state_dict())
         model.requires_grad_(True)
@@ -79,7 +94,8 @@ class LightningBackend:
         lit = self.lit(model, stats, eval_resolutions=res, num_classes=num_classes)
         timer = EvalPipelineThroughput()
         loaders = [self.loader(ds, self.cfg.eval_batch_size, False) for _, ds in views]
-        self.trainer(callbacks=[timer], logger=logger).validate(lit, dataloaders=loaders, verbose=False)
+        with _stops_as_run_stopped():
+            self.trainer(callbacks=[timer], logger=logger).validate(lit, dataloaders=loaders, verbose=False)
         return [{"resolution": r, **lit.eval_results[r],
                  "infer_throughput_pipeline": timer.img_per_s(i) * self.device.world_size} for i, r in enumerate(res)]
 
