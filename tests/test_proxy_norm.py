@@ -174,7 +174,7 @@ def _fused_and_reference(layer, x, weight, autocast_dtype=None):
     for fused in (True, False):
         layer.fused = fused
         xi = x.detach().clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             y = layer(xi)
         grads = torch.autograd.grad((y.float() * weight).sum(), [xi, *layer.parameters()])
         results.append((y.detach().float(), y.grad_fn.name(), grads))
@@ -221,12 +221,14 @@ def test_proxy_silu_moments_match_autograd_formula_and_gradcheck(monkeypatch, ch
 @pytest.mark.parametrize("autocast_dtype, atol", [(None, 1e-5), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("size", [5, 2])  # 2x2 planes take the broadcasting ops instead of the norm kernels
-def test_fast_path_matches_reference_formula(groups, mode, autocast_dtype, atol, memory_format, size):
-    layer = _random_params(GroupNormProxyAct2d(8, num_groups=groups), seed=groups)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU"))])  # CUDA takes plain ops where the CPU takes norm kernels
+def test_fast_path_matches_reference_formula(groups, mode, autocast_dtype, atol, memory_format, size, device):
+    layer = _random_params(GroupNormProxyAct2d(8, num_groups=groups), seed=groups).to(device)
     getattr(layer, mode)()
-    x = (torch.randn(3, 8, size, size) * 2 + 0.5).contiguous(memory_format=memory_format)
+    x = (torch.randn(3, 8, size, size) * 2 + 0.5).contiguous(memory_format=memory_format).to(device)
     x = x.bfloat16() if autocast_dtype else x
-    weight = torch.linspace(-1, 1, x.numel()).view(x.shape)
+    weight = torch.linspace(-1, 1, x.numel(), device=device).view(x.shape)
     (y_fast, fn_fast, g_fast), (y_ref, _, g_ref) = _fused_and_reference(layer, x, weight, autocast_dtype)
     assert "GroupNormProxySiLU" in fn_fast
     assert torch.allclose(y_fast, y_ref, atol=atol)

@@ -239,11 +239,18 @@ class ProxyNormAct2d(nn.Module):
 _SMALL_PLANE = 16
 
 
+def _norm_kernel_wins(t: torch.Tensor) -> bool:
+    """Whether to run a per-channel affine or sum through a norm kernel (the CPU trick below) rather than plain
+    broadcasting ops. CPU only: the trick was measured there; on a GPU each plain op is one kernel anyway, and
+    CUDA's group-norm kernels take NCHW only."""
+    return t.device.type == "cpu" and t[0, 0].numel() >= _SMALL_PLANE
+
+
 def _channel_affine_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """y[:, c] = y[:, c] * scale[c] + shift[c] in place, through the eval-mode batch-norm kernel (mean 0, var 1,
     eps 0): one vectorized pass, about half the CPU time of a broadcasting addcmul and free of an allocation;
     on planes of fewer than `_SMALL_PLANE` pixels, where that kernel is the slower one, the addcmul into y."""
-    if y[0, 0].numel() < _SMALL_PLANE:
+    if not _norm_kernel_wins(y):
         return torch.addcmul(shift.view(1, -1, 1, 1), y, scale.view(1, -1, 1, 1), out=y)
     zeros, ones, empty, empty2 = _bn_constants(y.shape[1], scale.dtype, scale.device)
     torch.ops.aten.native_batch_norm.out(y, scale, shift, zeros, ones, False, 0.0, 0.0, out=y, save_mean=empty,
@@ -293,6 +300,9 @@ class _GroupNormProxySiLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, mu, s, groups: int, eps: float):
+        # NCHW throughout: CUDA's group-norm kernels take nothing else, and torch <= 2.13's CPU kernels give wrong
+        # gradients (or crash) when the input and the incoming gradient differ in layout (measured on 2.13 CPU).
+        x = x.contiguous()
         n, c = x.shape[:2]
         hw = x.numel() // (n * c)
         dtype = mu.dtype
@@ -312,13 +322,13 @@ class _GroupNormProxySiLU(torch.autograd.Function):
         n, c, groups, hw = x.shape[0], x.shape[1], ctx.groups, ctx.hw
         dtype = mu.dtype
         with _no_autocast(x.device.type):
-            xc, g = x.to(dtype), grad.to(dtype)
+            xc, g = x.to(dtype), grad.to(dtype).contiguous()
             # Pre-activation a = gamma * (x - mean) * rstd + beta: one per-(sample, channel) multiply-add, run as an
             # eval batch norm over N * C "channels" (the fastest such kernel on CPU but on tiny planes, see
             # `_channel_affine_`).
             scale = rstd.view(n, groups, 1) * gamma.to(dtype).view(1, groups, c // groups)
             shift = torch.addcmul(beta.to(dtype).view(1, groups, -1), mean.view(n, groups, 1), scale, value=-1.0)
-            if hw < _SMALL_PLANE:
+            if not _norm_kernel_wins(xc):
                 a = torch.addcmul(shift.view(n, c, 1, 1), xc, scale.view(n, c, 1, 1))
             else:
                 zeros, ones = _bn_constants(n * c, dtype, x.device)[:2]
@@ -341,11 +351,12 @@ def _channel_sums(g: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, torch
     sum() calls); on smaller planes the two sums (see `_SMALL_PLANE`)."""
     n, c = g.shape[:2]
     hw = g.numel() // (n * c)
-    if hw < _SMALL_PLANE:
+    if not _norm_kernel_wins(g):
         return (g * o).sum((0, 2, 3)), g.sum((0, 2, 3))
     zeros, ones = _bn_constants(n, g.dtype, g.device)[:2]
-    _, sgo, sg = torch.ops.aten.native_group_norm_backward(g, o, zeros.view(n, 1), ones.view(n, 1), None, n, c, hw, 1,
-                                                           [False, True, True])
+    weight = _bn_constants(c, g.dtype, g.device)[1]  # unused for these sums, but torch <= 2.13 refuses None here
+    _, sgo, sg = torch.ops.aten.native_group_norm_backward(g, o, zeros.view(n, 1), ones.view(n, 1), weight, n, c, hw,
+                                                           1, [False, True, True])
     return sgo, sg
 
 
