@@ -7,8 +7,7 @@ from torch import nn
 import g16net
 from g16net.bench import set_pn_impl
 from g16net.efficiency import saved_activation_bytes
-from g16net.models import GroupNormProxyAct2d, ProxyNormAct2d, gaussian_quantiles
-from g16net.models import proxy_norm
+from g16net.models import GroupNormProxyAct2d, ProxyNormAct2d, gaussian_quantiles, proxy_norm
 from g16net.models.proxy_norm import _moments, _proxy_preactivation, _ProxySiLUMoments, batched_proxy_stats
 
 
