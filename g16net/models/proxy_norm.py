@@ -249,7 +249,8 @@ def _norm_kernel_wins(t: torch.Tensor) -> bool:
 def _channel_affine_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """y[:, c] = y[:, c] * scale[c] + shift[c] in place, through the eval-mode batch-norm kernel (mean 0, var 1,
     eps 0): one vectorized pass, about half the CPU time of a broadcasting addcmul and free of an allocation;
-    on planes of fewer than `_SMALL_PLANE` pixels, where that kernel is the slower one, the addcmul into y."""
+    on planes of fewer than `_SMALL_PLANE` pixels, where that kernel is the slower one, and off the CPU, the
+    addcmul into y."""
     if not _norm_kernel_wins(y):
         return torch.addcmul(shift.view(1, -1, 1, 1), y, scale.view(1, -1, 1, 1), out=y)
     zeros, ones, empty, empty2 = _bn_constants(y.shape[1], scale.dtype, scale.device)
@@ -348,7 +349,7 @@ class _GroupNormProxySiLU(torch.autograd.Function):
 def _channel_sums(g: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel sums of g * o and of g over (N, H, W). From 4x4 planes up, in one pass: group-norm backward's
     weight and bias gradients with mean 0 and rstd 1 (measured ~20% faster than batch-norm backward's, ~2x two
-    sum() calls); on smaller planes the two sums (see `_SMALL_PLANE`)."""
+    sum() calls); on smaller planes and off the CPU the two sums (see `_norm_kernel_wins`)."""
     n, c = g.shape[:2]
     hw = g.numel() // (n * c)
     if not _norm_kernel_wins(g):
