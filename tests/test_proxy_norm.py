@@ -181,11 +181,12 @@ def _fused_and_reference(layer, x, weight, autocast_dtype=None):
 
 
 @pytest.mark.parametrize("groups", [1, 4])
-def test_fast_path_gradcheck_fp64(groups):
+@pytest.mark.parametrize("size", [4, 2, 1])  # the norm-kernel path on CPU from 4x4 planes up; flat ops below
+def test_fast_path_gradcheck_fp64(groups, size):
     """The recomputing autograd.Function (eager training path) against finite differences, all five inputs."""
     layer = _random_params(GroupNormProxyAct2d(8, num_groups=groups, n_points=16)).double()
     names = [n for n, _ in layer.named_parameters()]
-    x = torch.randn(2, 8, 2, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 8, size, size, dtype=torch.float64, requires_grad=True)
     assert "GroupNormProxySiLU" in layer(x).grad_fn.name()  # the fast path is the one checked
 
     def f(x, *params):
@@ -219,7 +220,7 @@ def test_proxy_silu_moments_match_autograd_formula_and_gradcheck(monkeypatch, ch
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("autocast_dtype, atol", [(None, 1e-5), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("size", [5, 2])  # 2x2 planes take the broadcasting ops instead of the norm kernels
+@pytest.mark.parametrize("size", [5, 2, 1])  # planes under 4x4 take flat ops and (H x W, N, C) sums on CPU
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no GPU"))])  # CUDA takes plain ops where the CPU takes norm kernels
 def test_fast_path_matches_reference_formula(groups, mode, autocast_dtype, atol, memory_format, size, device):
