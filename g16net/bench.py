@@ -113,7 +113,7 @@ def run(args) -> list[dict]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(_header(device, args), flush=True)
     cols = ("model", "norm", "res", "mode", "prec", "layout", "comp", "params_M", "GMACs", "img/s", "ratio",
-            "act_MB", "peak_MB")
+            "range", "act_MB", "peak_MB")
     print(_fmt_row(cols), flush=True)
     rows = []
     models = [(label, norm, build()) for label, norm, build in _candidates(args)]
@@ -131,12 +131,17 @@ def run(args) -> list[dict]:
                                                      layout == "nhwc", bool(comp), device))
         medians = [sorted(runs, key=lambda m: m.img_per_s)[len(runs) // 2] if runs else None for runs in samples]
         base = medians[base_i]  # None in training rows when --base names a folded model
-        for (label, norm, model), t in zip(models, medians):
+        for (label, norm, model), t, runs in zip(models, medians, samples):
             if t is None:  # a folded model in a training row
                 continue
+            # Each repeat measured every model once, side by side: its ratios are paired, and their range is what
+            # the machine's drift did to this ratio during the run.
+            paired = [a.img_per_s / b.img_per_s for a, b in zip(runs, samples[base_i])] if base else []
+            lo, hi = (min(paired), max(paired)) if paired else (None, None)
             row = dict(model=label, norm=norm, res=res, mode=mode, prec=prec, layout=layout, comp=comp,
                        params_M=count_params(model) / 1e6, GMACs=forward_macs(model, res) / 1e9,
                        **{"img/s": t.img_per_s, "ratio": None if base is None else t.img_per_s / base.img_per_s,
+                          "range": None if lo is None else f"{lo:.2f}-{hi:.2f}", "ratio_lo": lo, "ratio_hi": hi,
                           "act_MB": t.activation_mb, "peak_MB": t.peak_mem_mb},
                        batch=args.batch, repeats=args.repeats, device=device)
             rows.append(row)
@@ -154,11 +159,12 @@ def _header(device, args) -> str:
     return (f"# device={device} ({name}), torch {torch.__version__}, timm {timm.__version__}, "
             f"threads={torch.get_num_threads()}, batch={args.batch}, warmup={args.warmup}, steps={args.steps}, "
             f"median of {args.repeats} interleaved repeats; ratio = img/s / "
-            f"{args.base or (args.peers[0] if args.peers else 'first row')} at the same settings")
+            f"{args.base or (args.peers[0] if args.peers else 'first row')} at the same settings; range = lowest-"
+            f"highest ratio of a single repeat (a difference inside it is drift, not code)")
 
 
 def _fmt_row(values) -> str:
-    widths = (32, 6, 4, 5, 5, 6, 4, 8, 6, 8, 6, 8, 8)
+    widths = (32, 6, 4, 5, 5, 6, 4, 8, 6, 8, 6, 9, 8, 8)
     out = []
     for v, w in zip(values, widths):
         s = "-" if v is None else f"{v:.3f}" if isinstance(v, float) and w <= 6 else f"{v:.1f}" if isinstance(

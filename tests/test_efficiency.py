@@ -68,13 +68,19 @@ def test_bench_cli_prints_and_writes_rows(tmp_path, capsys):
 def test_bench_base_prices_proxy_norm_against_plain_ln(tmp_path, capsys):
     out = tmp_path / "bench.csv"
     rc = bench.main(["--norms", "ln,ln_pn", "--peers", "efficientnet_b0", "--base", "ln", "--res", "32",
-                     "--batch", "2", "--warmup", "1", "--steps", "1", "--repeats", "1", "--modes", "train",
+                     "--batch", "2", "--warmup", "1", "--steps", "1", "--repeats", "3", "--modes", "train",
                      "--num-classes", "10", "--csv", str(out)])
     assert rc == 0 and "ratio = img/s / ln" in capsys.readouterr().out
     rows = {r["norm"]: r for r in csv.DictReader(out.open())}
     assert float(rows["ln"]["ratio"]) == 1.0
+    assert float(rows["ln"]["ratio_lo"]) == float(rows["ln"]["ratio_hi"]) == 1.0 and rows["ln"]["range"] == "1.00-1.00"
     for norm in ("-", "ln_pn"):
-        assert float(rows[norm]["ratio"]) == pytest.approx(float(rows[norm]["img/s"]) / float(rows["ln"]["img/s"]))
+        r = rows[norm]
+        assert float(r["ratio"]) == pytest.approx(float(r["img/s"]) / float(rows["ln"]["img/s"]))
+        # The ratio of medians lies within the per-repeat (paired) ratios, whatever the machine did.
+        assert float(r["ratio_lo"]) <= float(r["ratio"]) * (1 + 1e-9) and float(r["ratio"]) <= float(
+            r["ratio_hi"]) * (1 + 1e-9)
+        assert r["range"] == f"{float(r['ratio_lo']):.2f}-{float(r['ratio_hi']):.2f}"
 
 
 @pytest.mark.parametrize("argv, message", [
