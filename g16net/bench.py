@@ -7,7 +7,8 @@ measured under the same (resolution, mode, precision, layout, compile) settings,
   python -m g16net.bench --res 160,224 --precision bf16 --layout nchw,nhwc --compile 0,1 --batch 128   # GPU
   python -m g16net.bench --norms ln,ln_pn --base ln                          # Proxy Norm's price over plain LN
 
-Proxy Norm models run as `--pn-impl` says: "fused" (the model as trained), "reference" (the spec's formula op by
+Proxy Norm models run as `--pn-impl` says: "fused" (the model as trained), "aten" (the same without the compiled
+CPU kernel of `g16net.models.cpu_kernel`, as where it cannot be built), "reference" (the spec's formula op by
 op) and, for inference rows only, "folded": `g16net.fold_for_inference`, which folds each PN layer's
 post-activation affine into the layer after it (an eval-only model with the same logits). The default measures
 both the fused and the folded model, so inference rows show the unfolded and the folded number side by side.
@@ -27,15 +28,16 @@ import g16net  # noqa: F401  (registers our timm names)
 from .efficiency import PRECISIONS, count_params, forward_macs, measure_throughput
 from .models import NORMS, GroupNormProxyAct2d, fold_for_inference, is_folded
 
-PN_IMPLS = ("fused", "reference", "folded")
+PN_IMPLS = ("fused", "aten", "reference", "folded")
 
 
 def set_pn_impl(model: torch.nn.Module, impl: str) -> torch.nn.Module:
-    """Switch every LN/GN + Proxy Norm layer between the fused and the reference formulation; "folded": the fused
-    model in eval with PN's post-activation affine folded forward (`fold_for_inference`, inference only)."""
+    """Switch every LN/GN + Proxy Norm layer between the fused and the reference formulation; "aten": the fused
+    one without the compiled CPU kernel (what runs where it cannot be built); "folded": the fused model in eval
+    with PN's post-activation affine folded forward (`fold_for_inference`, inference only)."""
     for m in model.modules():
         if isinstance(m, GroupNormProxyAct2d):
-            m.fused = impl != "reference"
+            m.fused, m.cpu_kernel = impl != "reference", impl != "aten"
     return fold_for_inference(model.eval(), inplace=True) if impl == "folded" else model
 
 
@@ -59,8 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--layout", type=_csv_list(str), default=["nchw"], help="nchw and/or nhwc (channels_last)")
     p.add_argument("--compile", type=_csv_list(int), default=[0], help="0 and/or 1 (torch.compile)")
     p.add_argument("--pn-impl", type=_csv_list(str), default=["fused", "folded"],
-                   help=f"Proxy Norm models, any of {PN_IMPLS}; folded (PN's affine folded into the next layer, "
-                        "g16net.fold_for_inference) is measured in infer rows only, as it cannot train")
+                   help=f"Proxy Norm models, any of {PN_IMPLS}; aten: without the compiled CPU kernel; folded (PN's "
+                        "affine folded into the next layer, g16net.fold_for_inference) is measured in infer rows only, "
+                        "as it cannot train")
     p.add_argument("--base", default=None,
                    help="ratio denominator: one of --peers, or one of --norms for our model with that norm (e.g. ln "
                         "to price Proxy Norm against plain LayerNorm); default: the first peer")

@@ -50,14 +50,14 @@ def test_g16_keeps_fewer_activations_than_depthwise_g1():
 
 def test_bench_cli_prints_and_writes_rows(tmp_path, capsys):
     out = tmp_path / "bench.csv"
-    rc = bench.main(["--norms", "ln,ln_pn", "--pn-impl", "fused,reference", "--peers", "efficientnet_b0",
+    rc = bench.main(["--norms", "ln,ln_pn", "--pn-impl", "fused,aten,reference", "--peers", "efficientnet_b0",
                      "--res", "32", "--batch", "2", "--warmup", "1", "--steps", "1", "--repeats", "1",
                      "--num-classes", "10", "--csv", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "ratio = img/s / efficientnet_b0" in printed and "[reference]" in printed
+    assert "ratio = img/s / efficientnet_b0" in printed and "[reference]" in printed and "[aten]" in printed
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 2 * 4  # (peer, ln, ln_pn fused, ln_pn reference) x (train, infer)
+    assert len(rows) == 2 * 5  # (peer, ln, ln_pn fused, aten and reference) x (train, infer)
     assert {r["norm"] for r in rows} == {"-", "ln", "ln_pn"}
     peer = [r for r in rows if r["model"] == "efficientnet_b0"]
     assert all(float(r["ratio"]) == 1.0 for r in peer)

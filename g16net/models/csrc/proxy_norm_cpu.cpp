@@ -1,0 +1,182 @@
+// LN/GN (no affine) -> gamma, beta -> SiLU -> (. - mu) * s for CPU, forward and backward, in one pass each over
+// the activation (two in backward when dx is wanted). Built on first use by g16net/models/cpu_kernel.py.
+//
+// Why: with ATen ops the layer is group_norm, silu and a per-channel affine in forward, and a recompute, sums,
+// silu_backward and group_norm_backward in backward; every op is another trip through memory, which is what the
+// layer costs on a CPU. Here the statistics of (sample, group) are taken once and everything else is fused.
+// Layout: contiguous (N, C, H*W), float or double (the caller converts half precision to fp32, as the ATen path
+// does). Maps under 8x8 stay with the ATen path (see _KERNEL_MIN_PLANE in proxy_norm.py).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+// exp for float with Cephes' degree-6 polynomial after range reduction (about 1 ulp): unlike std::exp it lets the
+// compiler vectorize the loops it is in (built with -fno-trapping-math). NaN passes through both clamps.
+inline float exp_(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+inline double exp_(double x) { return std::exp(x); }  // fp64 is for gradcheck, not speed
+
+template <typename T>
+inline T sigmoid(T a) { return T(1) / (T(1) + exp_(-a)); }
+
+template <typename T>
+void forward_impl(const T* x, const T* gamma, const T* beta, const T* mu, const T* s, T* out, T* mean, T* rstd,
+                  int64_t N, int64_t C, int64_t HW, int64_t G, double eps) {
+  const int64_t cg = C / G, len = cg * HW;
+  at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ng = begin; ng < end; ++ng) {
+      const T* xg = x + ng * len;
+      double sum = 0, sq = 0;  // a group holds up to C * H * W values: fp32 sums would lose digits
+#pragma omp simd reduction(+ : sum, sq)
+      for (int64_t i = 0; i < len; ++i) {
+        const double v = xg[i];
+        sum += v;
+        sq += v * v;
+      }
+      const double m = sum / len, var = std::max(sq / len - m * m, 0.0), r = 1.0 / std::sqrt(var + eps);
+      mean[ng] = T(m);
+      rstd[ng] = T(r);
+      for (int64_t k = 0; k < cg; ++k) {
+        const int64_t c = (ng % G) * cg + k;
+        const T A = T(gamma[c] * r), B = T(beta[c] - m * gamma[c] * r), S = s[c], M = mu[c] * s[c];
+        const T* xc = xg + k * HW;
+        T* oc = out + ng * len + k * HW;
+#pragma omp simd
+        for (int64_t i = 0; i < HW; ++i) {
+          const T a = xc[i] * A + B;
+          oc[i] = a * sigmoid(a) * S - M;
+        }
+      }
+    }
+  });
+}
+
+// Per (n, c): sums of g z, g, ga xhat and ga into sums (4, N, C), with xhat the normalized input, a = gamma xhat +
+// beta, z = silu(a) and ga = g silu'(a); then, if dx, dx = rstd (ga w - mean(ga w) - xhat mean(ga w xhat)) over
+// each group with w = gamma s. dx holds ga between the two passes.
+template <typename T>
+void backward_impl(const T* g, const T* x, const T* gamma, const T* beta, const T* mean, const T* rstd, const T* s,
+                   T* dx, T* sums, int64_t N, int64_t C, int64_t HW, int64_t G) {
+  const int64_t cg = C / G, len = cg * HW, NC = N * C;
+  at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ng = begin; ng < end; ++ng) {
+      const T m = mean[ng], r = rstd[ng];
+      double q1 = 0, q2 = 0;  // over the group: sums of w ga and of w ga xhat
+      for (int64_t k = 0; k < cg; ++k) {
+        const int64_t c = (ng % G) * cg + k, off = ng * len + k * HW;
+        const T gm = gamma[c], bt = beta[c];
+        const T *xc = x + off, *gc = g + off;
+        T* tc = dx ? dx + off : nullptr;
+        T s_gz = 0, s_g = 0, s_gax = 0, s_ga = 0;  // one plane: fp32 is what ATen's norm backward sums in too
+#pragma omp simd reduction(+ : s_gz, s_g, s_gax, s_ga)
+        for (int64_t i = 0; i < HW; ++i) {
+          const T xh = (xc[i] - m) * r, a = xh * gm + bt, sg = sigmoid(a), z = a * sg;
+          const T ga = gc[i] * (sg + z * (T(1) - sg));
+          if (tc) tc[i] = ga;
+          s_gz += gc[i] * z;
+          s_g += gc[i];
+          s_gax += ga * xh;
+          s_ga += ga;
+        }
+        const int64_t nc = (ng / G) * C + c;
+        sums[nc] = s_gz;
+        sums[NC + nc] = s_g;
+        sums[2 * NC + nc] = s_gax;
+        sums[3 * NC + nc] = s_ga;
+        const double w = double(gm) * double(s[c]);
+        q1 += w * s_ga;
+        q2 += w * s_gax;
+      }
+      if (!dx) continue;
+      const T m1 = T(q1 / len), m2 = T(q2 / len);
+      for (int64_t k = 0; k < cg; ++k) {
+        const int64_t c = (ng % G) * cg + k, off = ng * len + k * HW;
+        const T w = gamma[c] * s[c];
+        const T* xc = x + off;
+        T* tc = dx + off;
+#pragma omp simd
+        for (int64_t i = 0; i < HW; ++i) tc[i] = r * (tc[i] * w - m1 - (xc[i] - m) * r * m2);
+      }
+    }
+  });
+}
+
+void check(const at::Tensor& x, std::initializer_list<at::Tensor> per_channel, int64_t groups) {
+  TORCH_CHECK(x.device().is_cpu() && x.is_contiguous() && x.dim() >= 2 && x.numel() > 0,
+              "g16net_pn: a non-empty contiguous CPU (N, C, ...) tensor expected");
+  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0, "g16net_pn: channels ", x.size(1), " not divisible by groups ",
+              groups);
+  for (const auto& t : per_channel) {
+    TORCH_CHECK(t.dtype() == x.dtype() && t.is_contiguous() && t.numel() == x.size(1),
+                "g16net_pn: per-channel tensors must be contiguous, of x's dtype, with C elements");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pn_forward(const at::Tensor& x, const at::Tensor& gamma,
+                                                          const at::Tensor& beta, const at::Tensor& mu,
+                                                          const at::Tensor& s, int64_t groups, double eps) {
+  check(x, {gamma, beta, mu, s}, groups);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / (N * C);
+  auto out = at::empty_like(x);
+  auto mean = at::empty({N, groups}, x.options()), rstd = at::empty({N, groups}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "g16net_pn_forward", [&] {
+    forward_impl<scalar_t>(x.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
+                           beta.const_data_ptr<scalar_t>(), mu.const_data_ptr<scalar_t>(),
+                           s.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                           mean.mutable_data_ptr<scalar_t>(), rstd.mutable_data_ptr<scalar_t>(), N, C, HW, groups, eps);
+  });
+  return {out, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor> pn_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& gamma,
+                                               const at::Tensor& beta, const at::Tensor& mean, const at::Tensor& rstd,
+                                               const at::Tensor& s, int64_t groups, bool need_dx) {
+  check(x, {gamma, beta, s}, groups);
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.dtype() == x.dtype(), "g16net_pn: grad must match x");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / (N * C);
+  TORCH_CHECK(mean.numel() == N * groups && rstd.numel() == N * groups, "g16net_pn: (N, groups) statistics expected");
+  const auto g = grad.contiguous(), m = mean.contiguous(), r = rstd.contiguous();
+  auto dx = need_dx ? at::empty_like(x) : at::Tensor();
+  auto sums = at::empty({4, N, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "g16net_pn_backward", [&] {
+    backward_impl<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                            gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
+                            m.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
+                            need_dx ? dx.mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<scalar_t>(), N,
+                            C, HW, groups);
+  });
+  return {dx, sums};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(g16net_pn, m) {
+  m.def("forward(Tensor x, Tensor gamma, Tensor beta, Tensor mu, Tensor s, int groups, float eps)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("backward(Tensor grad, Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, Tensor s, int groups,"
+        " bool need_dx) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(g16net_pn, CPU, m) {
+  m.impl("forward", pn_forward);
+  m.impl("backward", pn_backward);
+}
