@@ -26,7 +26,7 @@ import torch
 import g16net  # noqa: F401  (registers our timm names)
 
 from .efficiency import PRECISIONS, count_params, forward_macs, measure_throughput
-from .models import NORMS, GroupNormProxyAct2d, fold_for_inference, is_folded
+from .models import NORMS, GroupNormProxyAct2d, ProxyNormAct2d, fold_for_inference, is_folded
 
 PN_IMPLS = ("fused", "aten", "reference", "folded")
 
@@ -37,7 +37,9 @@ def set_pn_impl(model: torch.nn.Module, impl: str) -> torch.nn.Module:
     with PN's post-activation affine folded forward (`fold_for_inference`, inference only)."""
     for m in model.modules():
         if isinstance(m, GroupNormProxyAct2d):
-            m.fused, m.cpu_kernel = impl != "reference", impl != "aten"
+            m.fused = impl != "reference"
+        if isinstance(m, ProxyNormAct2d):
+            m.cpu_kernel = impl != "aten"
     return fold_for_inference(model.eval(), inplace=True) if impl == "folded" else model
 
 

@@ -129,13 +129,13 @@ def test_bench_aten_impl_switches_the_kernel_off_with_the_same_model(ops):
     """`--pn-impl aten` (the A/B of the kernel) measures the same function: same logits and gradients."""
     import g16net
     from g16net.bench import set_pn_impl
-    from g16net.models import GroupNormProxyAct2d
+    from g16net.models import ProxyNormAct2d
 
     torch.manual_seed(0)
     fused = g16net.create_model(norm="ln_pn", num_classes=5)
     aten = set_pn_impl(g16net.create_model(norm="ln_pn", num_classes=5), "aten")
     aten.load_state_dict(fused.state_dict())
-    assert all(not m.cpu_kernel for m in aten.modules() if isinstance(m, GroupNormProxyAct2d))
+    assert all(not m.cpu_kernel for m in aten.modules() if isinstance(m, ProxyNormAct2d))
     x = torch.randn(2, 3, 32, 32)
     grads = []
     for model in (fused, aten):
@@ -147,3 +147,27 @@ def test_bench_aten_impl_switches_the_kernel_off_with_the_same_model(ops):
     # fp32 rounding differs between the kernel and ATen's ops; through 16 blocks it reaches ~6e-5 of a gradient's
     # scale (measured), so compare against each tensor's largest entry.
     assert all((a - b).abs().max() <= 3e-4 * b.abs().max() + 1e-7 for a, b in zip(g_f, g_a))
+
+
+def test_proxy_moments_in_fp32_match_fp64_and_their_backward_sums(ops):
+    """The kernel's proxy statistics (its own exp, fp32 sums over 200 points) against fp64 ATen, as for a B0."""
+    from g16net.models.proxy_norm import _ProxySiLUMoments, gaussian_quantiles
+
+    torch.manual_seed(0)
+    a, b = torch.randn(300) * 0.5 + 1.0, torch.randn(300) * 0.5  # (1 + gamma~) gamma and gamma beta~ + beta
+    u = gaussian_quantiles(200)
+    mu, s, sums = ops.proxy_moments(a, b, u, 0.03, True)
+    y = a.double()[:, None] * u.double() + b.double()[:, None]
+    z, sig = F.silu(y), torch.sigmoid(y)
+    d = sig * (1 + y * (1 - sig))
+    mu_ref = z.mean(1)
+    s_ref = (z.var(1, unbiased=False) + 0.03).rsqrt()
+    ud = u.double()
+    against_u = torch.stack([(d * ud).sum(1), (z * d * ud).sum(1)])
+    against_1 = torch.stack([d.sum(1), (z * d).sum(1)])
+    sums_ref = torch.stack([against_u, against_1])
+    assert torch.allclose(mu.double(), mu_ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(s.double(), s_ref, rtol=1e-5)
+    assert torch.allclose(sums.double(), sums_ref, rtol=1e-4, atol=1e-4)
+    x = (a.clone().requires_grad_(True), b.clone().requires_grad_(True))
+    assert _ProxySiLUMoments.apply(*x, u, 0.03, ops)[1].grad_fn is not None

@@ -206,24 +206,27 @@ def test_fast_path_gradcheck_fp64(groups, size, cpu_path):
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_points", [65536, 64])  # one chunk; chunks of 2 rows (the last one shorter)
+@pytest.mark.parametrize("chunk_points", [65536, 64, "kernel"])  # one chunk; chunks of 2 rows; the CPU kernel
 def test_proxy_silu_moments_match_autograd_formula_and_gradcheck(monkeypatch, chunk_points):
     """The closed-form backward (sums taken in the forward) against autograd through the spec's formula."""
-    monkeypatch.setattr(proxy_norm, "_CHUNK_POINTS", chunk_points)
+    kernel = cpu_kernel.ops() if chunk_points == "kernel" else None
+    if chunk_points == "kernel" and kernel is None:
+        pytest.skip("the fused CPU kernel could not be built here (test_cpu_kernel says whether it should)")
+    monkeypatch.setattr(proxy_norm, "_CHUNK_POINTS", 64 if kernel else chunk_points)
     torch.manual_seed(0)
     params = [(torch.randn(5, dtype=torch.float64) * 0.3 + v).requires_grad_(True) for v in (1.0, 0.0, 0.0, 0.0)]
     u = gaussian_quantiles(32).double()
     a, b = params[0] * (1 + params[2]), params[0] * params[3] + params[1]
-    fast = _ProxySiLUMoments.apply(a, b, u, 0.03)
+    fast = _ProxySiLUMoments.apply(a, b, u, 0.03, kernel)
     ref = _moments(nn.SiLU()(_proxy_preactivation(*params, u)), 0.03)
     assert all(torch.allclose(f, r, atol=1e-12) for f, r in zip(fast, ref))
     weights = torch.randn(2, 5, dtype=torch.float64)
     grads = [torch.autograd.grad((weights[0] * mu + weights[1] * s).sum(), params) for mu, s in (fast, ref)]
     assert all(torch.allclose(f, r, atol=1e-10) for f, r in zip(*grads))
     with torch.no_grad():  # forward only: the sums for the backward are skipped, the values are the same
-        assert all(torch.equal(f, r) for f, r in zip(_ProxySiLUMoments.apply(a, b, u, 0.03), fast))
+        assert all(torch.equal(f, r) for f, r in zip(_ProxySiLUMoments.apply(a, b, u, 0.03, kernel), fast))
     ab = (a.detach().requires_grad_(True), b.detach().requires_grad_(True))
-    assert torch.autograd.gradcheck(lambda a, b: _ProxySiLUMoments.apply(a, b, u, 0.03), ab)
+    assert torch.autograd.gradcheck(lambda a, b: _ProxySiLUMoments.apply(a, b, u, 0.03, kernel), ab)
 
 
 @pytest.mark.parametrize("groups", [1, 4])
