@@ -169,5 +169,38 @@ def test_proxy_moments_in_fp32_match_fp64_and_their_backward_sums(ops):
     assert torch.allclose(mu.double(), mu_ref, rtol=1e-5, atol=1e-6)
     assert torch.allclose(s.double(), s_ref, rtol=1e-5)
     assert torch.allclose(sums.double(), sums_ref, rtol=1e-4, atol=1e-4)
-    x = (a.clone().requires_grad_(True), b.clone().requires_grad_(True))
-    assert _ProxySiLUMoments.apply(*x, u, 0.03, ops)[1].grad_fn is not None
+    # the op's registered backward (the closed form, from these sums) against the ATen path's autograd.Function
+    x = [(t.clone().requires_grad_(True), t.clone().requires_grad_(True)) for t in (a, b)]
+    w = torch.randn(2, 300)
+    g_kernel = torch.autograd.grad((w[0] * ops.proxy_moments(x[0][0], x[1][0], u, 0.03, True)[0]
+                                    + w[1] * ops.proxy_moments(x[0][0], x[1][0], u, 0.03, True)[1]).sum(),
+                                   (x[0][0], x[1][0]))
+    mu_a, s_a = _ProxySiLUMoments.apply(x[0][1], x[1][1], u, 0.03)
+    g_aten = torch.autograd.grad((w[0] * mu_a + w[1] * s_a).sum(), (x[0][1], x[1][1]))
+    assert all(torch.allclose(k, r, rtol=1e-4, atol=1e-5) for k, r in zip(g_kernel, g_aten))
+
+
+def test_compiled_graphs_call_the_kernel_and_exported_ones_do_not(ops):
+    """torch.compile (fullgraph: no graph break) runs the kernel's ops; torch.export keeps plain ops, so an
+    exported model runs where the extension is not built."""
+    import g16net
+
+    torch.manual_seed(0)
+    model = g16net.create_model(norm="ln_pn", num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=record, fullgraph=True)
+    y = compiled(x)
+    y.square().sum().backward()
+    assert "g16net_pn.forward" in graphs[0] and "g16net_pn.proxy_moments" in graphs[0]
+    with torch.no_grad():
+        assert torch.allclose(y, model(x), atol=1e-5)
+        exported = torch.export.export(model, (x,))
+    assert "g16net_pn" not in str(exported.graph)
+    torch._dynamo.reset()

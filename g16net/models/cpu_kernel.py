@@ -58,4 +58,63 @@ def ops():
         return None
     finally:
         logger.setLevel(level)
+    _register_fakes_and_autograd()
     return torch.ops.g16net_pn
+
+
+@torch.compiler.assume_constant_result
+def available() -> bool:
+    """Whether `ops()` has the kernel; a constant to torch.compile, which then calls the ops without a graph break."""
+    return ops() is not None
+
+
+def _register_fakes_and_autograd():
+    """Shapes for torch.compile's fake tensors, and the derivatives, of the three ops: autograd then runs them
+    in eager and in compiled graphs alike, saving only the norm's input and per-group statistics."""
+    lib = "g16net_pn"
+    if getattr(_register_fakes_and_autograd, "done", False):  # once per process, even if `ops` is cleared
+        return
+    _register_fakes_and_autograd.done = True
+
+    @torch.library.register_fake(f"{lib}::forward")
+    def _(x, gamma, beta, mu, s, groups, eps):
+        return torch.empty_like(x), x.new_empty(x.shape[0], groups), x.new_empty(x.shape[0], groups)
+
+    @torch.library.register_fake(f"{lib}::backward")
+    def _(grad, x, gamma, beta, mean, rstd, s, groups, need_dx):
+        return torch.empty_like(x) if need_dx else x.new_empty(0), x.new_empty(4, x.shape[0], x.shape[1])
+
+    @torch.library.register_fake(f"{lib}::proxy_moments")
+    def _(a, b, u, eps, sums):
+        return torch.empty_like(a), torch.empty_like(a), a.new_empty((2, 2, a.shape[0]) if sums else (0,))
+
+    def layer_setup(ctx, inputs, output):
+        x, gamma, beta, mu, s, groups, _ = inputs
+        ctx.groups = groups
+        ctx.save_for_backward(x, gamma, beta, output[1], output[2], mu, s)
+
+    def layer_backward(ctx, grad, _grad_mean, _grad_rstd):
+        """Sums over (n, c) planes from the kernel (see its backward_impl), reduced over n here."""
+        x, gamma, beta, mean, rstd, mu, s = ctx.saved_tensors
+        need_dx = ctx.needs_input_grad[0]
+        dx, sums = torch.ops.g16net_pn.backward(grad.contiguous(), x, gamma, beta, mean, rstd, s, ctx.groups,
+                                                need_dx)
+        sgz, sg, sgax, sga = sums.sum(1).unbind(0)  # sums of g z, g, ga x^, ga per channel
+        return dx if need_dx else None, sgax * s, sga * s, -s * sg, sgz - mu * sg, None, None
+
+    def moments_setup(ctx, inputs, output):
+        ctx.n = inputs[2].shape[0]
+        ctx.save_for_backward(output[0], output[1], output[2])
+
+    def moments_backward(ctx, gmu, gs, _grad_sums):
+        """The closed form of `proxy_norm._ProxySiLUMoments.backward`, from the sums the forward took."""
+        mu, s, sums = ctx.saved_tensors
+        gmu = torch.zeros_like(mu) if gmu is None else gmu
+        gs = torch.zeros_like(s) if gs is None else gs
+        q = -gs * s.pow(3) / ctx.n
+        p = gmu / ctx.n - q * mu
+        (sdu, szdu), (sd, szd) = sums.unbind(0)
+        return p * sdu + q * szdu, p * sd + q * szd, None, None, None
+
+    torch.library.register_autograd(f"{lib}::forward", layer_backward, setup_context=layer_setup)
+    torch.library.register_autograd(f"{lib}::proxy_moments", moments_backward, setup_context=moments_setup)

@@ -70,14 +70,20 @@ def _moments(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, torch.rsqrt((z * z).mean(dim=1) - mu * mu + eps)
 
 
-def _proxy_moments(gamma, beta, proxy_gamma, proxy_beta, quantiles, act: nn.Module, eps: float, kernel=None):
-    """Spec section 2 on (C,) parameters: mu_c, s_c of act(gamma (1 + gamma~) u + gamma beta~ + beta). Eager only;
-    `kernel`: the compiled CPU ops (`_cpu_ops`) for SiLU on CPU, or None."""
+def _proxy_moments(gamma, beta, proxy_gamma, proxy_beta, quantiles, act: nn.Module, eps: float,
+                   kernel: bool = False):
+    """Spec section 2 on (C,) parameters: mu_c, s_c of act(gamma (1 + gamma~) u + gamma beta~ + beta). Eager, or
+    compiled with `kernel` (the CPU kernel's op, for SiLU: see `_kernel_allowed`)."""
     if isinstance(act, nn.SiLU):
         dtype = _compute_dtype(gamma.dtype)
         gamma, beta, proxy_gamma, proxy_beta = (t.to(dtype) for t in (gamma, beta, proxy_gamma, proxy_beta))
-        return _ProxySiLUMoments.apply(gamma * (1.0 + proxy_gamma), torch.addcmul(beta, gamma, proxy_beta),
-                                       quantiles.to(dtype), eps, kernel)
+        a, b = gamma * (1.0 + proxy_gamma), torch.addcmul(beta, gamma, proxy_beta)
+        if kernel:  # the same sums in one vectorized pass per channel: 2 ms against 7-22 ms for a B0 (CPU)
+            sums = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+            mu, s, _ = torch.ops.g16net_pn.proxy_moments(a.contiguous(), b.contiguous(), quantiles.to(dtype), eps,
+                                                         sums)
+            return mu, s
+        return _ProxySiLUMoments.apply(a, b, quantiles.to(dtype), eps)
     return _moments(act(_proxy_preactivation(gamma, beta, proxy_gamma, proxy_beta, quantiles)), eps)
 
 
@@ -100,15 +106,10 @@ class _ProxySiLUMoments(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a, b, u, eps: float, kernel=None):
+    def forward(ctx, a, b, u, eps: float):
         n, c = u.numel(), len(a)
         grads = any(ctx.needs_input_grad[:2])
         ctx.n = n
-        if kernel is not None:  # the same sums in one vectorized pass per channel (7-8 ms -> ~1 ms for a B0)
-            mu, s, sums = kernel.proxy_moments(a.contiguous(), b.contiguous(), u.contiguous(), eps, grads)
-            if grads:
-                ctx.save_for_backward(mu, s, sums)
-            return mu, s
         basis = torch.stack([u, torch.ones_like(u)])  # (2, n): sums against u and against 1
         ab = torch.stack([a, b], 1)
         k = 3 if grads else 1  # rows per point: z, then d and z d for the backward
@@ -139,7 +140,7 @@ class _ProxySiLUMoments(torch.autograd.Function):
         q = -gs * s.pow(3) / ctx.n
         p = gmu / ctx.n - q * mu
         (sdu, szdu), (sd, szd) = sums  # against u, then against 1; each of d and z d
-        return p * sdu + q * szdu, p * sd + q * szd, None, None, None
+        return p * sdu + q * szdu, p * sd + q * szd, None, None
 
 
 class ProxyNormAct2d(nn.Module):
@@ -181,8 +182,8 @@ class ProxyNormAct2d(nn.Module):
         """
         if torch.jit.is_scripting():
             return self._stats()
-        if tracing():
-            return self._stats()
+        if tracing():  # compiled graphs may call the CPU kernel's op; exported and traced ones keep plain ops
+            return self._compute_stats() if self._kernel() else self._stats()
         if self._pending is not None:
             stats, self._pending = self._pending, None
             return stats
@@ -195,7 +196,11 @@ class ProxyNormAct2d(nn.Module):
     def _compute_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         with _no_autocast(self.quantiles.device.type):
             return _proxy_moments(self.weight, self.bias, self.proxy_weight, self.proxy_bias, self.quantiles,
-                                  self.act, self.eps, _cpu_ops(self.weight, self.cpu_kernel))
+                                  self.act, self.eps, self._kernel())
+
+    @torch.jit.unused
+    def _kernel(self) -> bool:
+        return isinstance(self.act, nn.SiLU) and _kernel_allowed(self.weight, self.cpu_kernel)
 
     @torch.jit.unused
     def constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -261,18 +266,18 @@ def _norm_kernel_wins(t: torch.Tensor) -> bool:
 _KERNEL_MIN_PLANE = 64
 
 
-def _fused_kernel(x: torch.Tensor):
-    """The compiled CPU kernel (`cpu_kernel.ops()`) where it applies to `x`, else None: CPU planes of at least
-    `_KERNEL_MIN_PLANE` pixels, outside traced or compiled graphs."""
-    # tracing first: jit.trace names a tensor whose shape is read, and a second trace would differ in names
-    if tracing() or x.numel() < _KERNEL_MIN_PLANE * x.shape[0] * x.shape[1]:
-        return None
-    return _cpu_ops(x)
+def _kernel_allowed(t: torch.Tensor, flag: bool) -> bool:
+    """Whether to run the compiled CPU kernel (`cpu_kernel`) on `t`: a layer's `cpu_kernel` flag, a CPU tensor,
+    eager or torch.compile, and the kernel built. Never in exported or jit-traced graphs, which must run without
+    the extension (the checks come first: jit.trace names a tensor whose shape is read)."""
+    if not flag or torch.compiler.is_exporting() or torch.jit.is_tracing() or t.device.type != "cpu":
+        return False
+    return cpu_kernel.available()
 
 
-def _cpu_ops(t: torch.Tensor, allowed: bool = True):
-    """`cpu_kernel.ops()` for a CPU tensor `t` when `allowed` (a layer's `cpu_kernel` flag), else None."""
-    return cpu_kernel.ops() if allowed and t.device.type == "cpu" else None
+def _kernel_applies(x: torch.Tensor, flag: bool) -> bool:
+    """`_kernel_allowed` on an (N, C, H, W) input with planes of at least `_KERNEL_MIN_PLANE` pixels."""
+    return _kernel_allowed(x, flag) and x.numel() >= _KERNEL_MIN_PLANE * x.shape[0] * x.shape[1]
 
 
 def _channel_affine_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -318,8 +323,7 @@ def batched_proxy_stats(model: nn.Module):
             with _no_autocast(ms[0].quantiles.device.type):
                 params = [torch.cat([getattr(m, n) for m in ms]) for n in
                           ("weight", "bias", "proxy_weight", "proxy_bias")]
-                mu, s = _proxy_moments(*params, ms[0].quantiles, ms[0].act, ms[0].eps,
-                                       _cpu_ops(params[0], ms[0].cpu_kernel))
+                mu, s = _proxy_moments(*params, ms[0].quantiles, ms[0].act, ms[0].eps, ms[0]._kernel())
             sizes = [m.num_features for m in ms]
             for m, mu_m, s_m in zip(ms, mu.split(sizes), s.split(sizes)):
                 m._pending = mu_m, s_m
@@ -336,13 +340,12 @@ class _GroupNormProxySiLU(torch.autograd.Function):
     activation); here the pre-activation is recomputed in backward (one pass) and the output, which the next conv
     keeps anyway, gives sum(grad * (z - mu)) = sum(grad * out) / s. Per layer that is what plain LN keeps.
     The forward writes in place into the one tensor it allocates. The same trick as timm's/apex's fused norm+act.
-    On CPU, `kernel` (the compiled `cpu_kernel.ops()`, from 8x8 planes up) does forward and backward in one and
-    two passes; without it, planes under `_SMALL_PLANE` pixels take `_backward_small_planes`, larger ones ATen's
-    norm kernels.
+    The ATen path: on CPU, where the compiled kernel does not apply (`_kernel_applies`), planes under
+    `_SMALL_PLANE` pixels take `_backward_small_planes`, larger ones ATen's norm kernels.
     """
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, mu, s, groups: int, eps: float, kernel):
+    def forward(ctx, x, gamma, beta, mu, s, groups: int, eps: float):
         # NCHW throughout: CUDA's group-norm kernels take nothing else, and torch <= 2.13's CPU kernels give wrong
         # gradients (or crash) when the input and the incoming gradient differ in layout (measured on 2.13 CPU).
         x = x.contiguous()
@@ -350,16 +353,13 @@ class _GroupNormProxySiLU(torch.autograd.Function):
         hw = x.numel() // (n * c)
         dtype = mu.dtype
         with _no_autocast(x.device.type):
-            if kernel is not None:
-                out, mean, rstd = kernel.forward(x.to(dtype), gamma.to(dtype), beta.to(dtype), mu, s, groups, eps)
-            else:
-                a, mean, rstd = torch.ops.aten.native_group_norm(x.to(dtype), gamma.to(dtype), beta.to(dtype), n, c,
-                                                                 hw, groups, eps)
-                out = _channel_affine_(F.silu(a, inplace=True), s, -mu * s)
-        ctx.groups, ctx.hw, ctx.kernel = groups, hw, kernel
+            a, mean, rstd = torch.ops.aten.native_group_norm(x.to(dtype), gamma.to(dtype), beta.to(dtype), n, c, hw,
+                                                             groups, eps)
+            out = _channel_affine_(F.silu(a, inplace=True), s, -mu * s)
+        ctx.groups, ctx.hw = groups, hw
         exact = out.dtype == x.dtype  # else the output is rounded: sum(grad * out) would be too, recompute instead
         out = out.to(x.dtype)
-        ctx.save_for_backward(x, gamma, beta, mean, rstd, mu, s, out if exact and kernel is None else None)
+        ctx.save_for_backward(x, gamma, beta, mean, rstd, mu, s, out if exact else None)
         return out
 
     @staticmethod
@@ -367,20 +367,13 @@ class _GroupNormProxySiLU(torch.autograd.Function):
         x, gamma, beta, mean, rstd, mu, s, out = ctx.saved_tensors
         n, c, groups, hw = x.shape[0], x.shape[1], ctx.groups, ctx.hw
         dtype = mu.dtype
-        if ctx.kernel is not None:
-            with _no_autocast("cpu"):
-                dx, sums = ctx.kernel.backward(grad.to(dtype), x.to(dtype), gamma.to(dtype), beta.to(dtype), mean,
-                                               rstd, s, groups, ctx.needs_input_grad[0])
-            sgz, sg, sgax, sga = sums.sum(1)  # per (n, c) -> per c: sums of g z, g, ga x^, ga (see the kernel)
-            dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
-            return dx, (sgax * s).to(gamma.dtype), (sga * s).to(beta.dtype), -s * sg, sgz - mu * sg, None, None, None
         if x.device.type == "cpu" and not _norm_kernel_wins(x):
             with _no_autocast("cpu"):
                 dx, dgamma, dbeta, dmu, ds = _backward_small_planes(
                     grad.to(dtype), x.to(dtype), gamma.to(dtype), beta.to(dtype), mean, rstd, mu, s, groups,
                     ctx.needs_input_grad[0])
             dx = None if dx is None else dx.to(x.dtype)
-            return dx, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), dmu, ds, None, None, None
+            return dx, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), dmu, ds, None, None
         with _no_autocast(x.device.type):
             xc, g = x.to(dtype), grad.to(dtype).contiguous()
             # Pre-activation a = gamma * (x - mean) * rstd + beta: one per-(sample, channel) multiply-add, run as an
@@ -402,7 +395,7 @@ class _GroupNormProxySiLU(torch.autograd.Function):
             dx, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
                 ga, xc, mean, rstd, gamma.to(dtype) * s, n, c, hw, groups, [ctx.needs_input_grad[0], True, True])
         dx = None if dx is None else dx.to(x.dtype)
-        return dx, (dgamma * s).to(gamma.dtype), (dbeta * s).to(beta.dtype), -s * sg, ds, None, None, None
+        return dx, (dgamma * s).to(gamma.dtype), (dbeta * s).to(beta.dtype), -s * sg, ds, None, None
 
 
 def _backward_small_planes(g, x, gamma, beta, mean, rstd, mu, s, groups: int, need_dx: bool):
@@ -481,20 +474,25 @@ class GroupNormProxyAct2d(nn.Module):
         if not self.fused:
             return pn(F.group_norm(x, self.num_groups, None, None, self.eps))
         if not torch.jit.is_scripting():
+            if isinstance(pn.act, nn.SiLU) and _kernel_applies(x, pn.cpu_kernel):
+                return self._forward_kernel(x)
             if torch.is_grad_enabled() and isinstance(pn.act, nn.SiLU) and not tracing():
                 return self._forward_recompute(x)
         dtype = _compute_dtype(x.dtype)  # half-precision models (IPU) too: the norm runs in fp32
-        if not torch.jit.is_scripting() and not torch.is_grad_enabled() and isinstance(pn.act, nn.SiLU):
-            kernel = _fused_kernel(x) if pn.cpu_kernel else None
-            if kernel is not None:
-                mu, s = pn.constants()[:2]
-                w, b, xc = pn.weight.to(dtype), pn.bias.to(dtype), x.to(dtype).contiguous()
-                return kernel.forward(xc, w, b, mu, s, self.num_groups, self.eps)[0].to(x.dtype)
         y = F.group_norm(x.to(dtype), self.num_groups, pn.weight.to(dtype), pn.bias.to(dtype), self.eps)
         return pn.normalize_activated(F.silu(y, inplace=True) if isinstance(pn.act, nn.SiLU) else pn.act(y), x.dtype)
 
     @torch.jit.unused
     def _forward_recompute(self, x: torch.Tensor) -> torch.Tensor:
         mu, s = self.pn.proxy_stats()
-        kernel = _fused_kernel(x) if self.pn.cpu_kernel else None
-        return _GroupNormProxySiLU.apply(x, self.pn.weight, self.pn.bias, mu, s, self.num_groups, self.eps, kernel)
+        return _GroupNormProxySiLU.apply(x, self.pn.weight, self.pn.bias, mu, s, self.num_groups, self.eps)
+
+    @torch.jit.unused
+    def _forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        """The compiled CPU kernel (`cpu_kernel`): training and inference, eager and torch.compile; its autograd
+        keeps the norm's input and per-group statistics, like `_GroupNormProxySiLU`."""
+        mu, s = self.pn.proxy_stats()
+        dtype = mu.dtype  # fp32 (fp64 for fp64 models), as on the ATen path
+        out = torch.ops.g16net_pn.forward(x.to(dtype).contiguous(), self.pn.weight.to(dtype),
+                                          self.pn.bias.to(dtype), mu, s, self.num_groups, self.eps)[0]
+        return out.to(x.dtype)
