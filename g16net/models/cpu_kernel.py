@@ -81,7 +81,7 @@ def _register_fakes_and_autograd():
         return torch.empty_like(x), x.new_empty(x.shape[0], groups), x.new_empty(x.shape[0], groups)
 
     @torch.library.register_fake(f"{lib}::backward")
-    def _(grad, x, gamma, beta, mean, rstd, s, groups, need_dx):
+    def _(grad, x, gamma, beta, mean, rstd, mu, s, groups, need_dx):
         return torch.empty_like(x) if need_dx else x.new_empty(0), x.new_empty(4, x.shape[0], x.shape[1])
 
     @torch.library.register_fake(f"{lib}::proxy_moments")
@@ -97,24 +97,19 @@ def _register_fakes_and_autograd():
         """Sums over (n, c) planes from the kernel (see its backward_impl), reduced over n here."""
         x, gamma, beta, mean, rstd, mu, s = ctx.saved_tensors
         need_dx = ctx.needs_input_grad[0]
-        dx, sums = torch.ops.g16net_pn.backward(grad.contiguous(), x, gamma, beta, mean, rstd, s, ctx.groups,
+        dx, sums = torch.ops.g16net_pn.backward(grad.contiguous(), x, gamma, beta, mean, rstd, mu, s, ctx.groups,
                                                 need_dx)
-        sgz, sg, sgax, sga = sums.sum(1).unbind(0)  # sums of g z, g, ga x^, ga per channel
-        return dx if need_dx else None, sgax * s, sga * s, -s * sg, sgz - mu * sg, None, None
+        sgz, sg, sgax, sga = sums.sum(1).unbind(0)  # sums of g (z - mu), g, ga x^, ga per channel
+        return dx if need_dx else None, sgax * s, sga * s, -s * sg, sgz, None, None
 
     def moments_setup(ctx, inputs, output):
         ctx.n = inputs[2].shape[0]
-        ctx.save_for_backward(output[0], output[1], output[2])
+        ctx.save_for_backward(output[1], output[2])  # s and the centred sums
 
     def moments_backward(ctx, gmu, gs, _grad_sums):
-        """The closed form of `proxy_norm._ProxySiLUMoments.backward`, from the sums the forward took."""
-        mu, s, sums = ctx.saved_tensors
-        gmu = torch.zeros_like(mu) if gmu is None else gmu
-        gs = torch.zeros_like(s) if gs is None else gs
-        q = -gs * s.pow(3) / ctx.n
-        p = gmu / ctx.n - q * mu
-        (sdu, szdu), (sd, szd) = sums.unbind(0)
-        return p * sdu + q * szdu, p * sd + q * szd, None, None, None
+        from .proxy_norm import proxy_moments_grad  # that module imports this one
+
+        return *proxy_moments_grad(gmu, gs, *ctx.saved_tensors, ctx.n), None, None, None
 
     torch.library.register_autograd(f"{lib}::forward", layer_backward, setup_context=layer_setup)
     torch.library.register_autograd(f"{lib}::proxy_moments", moments_backward, setup_context=moments_setup)

@@ -63,11 +63,26 @@ def _proxy_preactivation(gamma, beta, proxy_gamma, proxy_beta, quantiles) -> tor
 def _moments(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row mean and 1 / sqrt(population variance + eps), as in the authors' code.
 
-    The variance is E[z^2] - mu^2: var_mean's Welford loop is ~10x slower on CPU, and z = act(O(1) input) is
-    O(1), so the cancellation costs no digits that matter next to eps = 0.03.
+    Two means of z shifted by its value at the median point (a one-pass variance, which var_mean's Welford loop
+    is ~10x slower than on CPU): unshifted, E z^2 - mu^2 cancels two terms of size mu^2 and loses fp32 digits
+    exactly where s is large (a small spread against the mean); the shift sits inside the range of z, so
+    |E z - shift| is of the order of the spread and nothing cancels.
     """
-    mu = z.mean(dim=1)
-    return mu, torch.rsqrt((z * z).mean(dim=1) - mu * mu + eps)
+    zk = z - z[:, z.shape[1] // 2, None]
+    off = zk.mean(dim=1)
+    return z[:, z.shape[1] // 2] + off, torch.rsqrt((zk * zk).mean(dim=1) - off * off + eps)
+
+
+def proxy_moments_grad(gmu, gs, s, sums, n: int):
+    """d(mu, s)/d(a, b) of `_ProxySiLUMoments`, closed form, from the forward's sums (2, 2, C): against u and
+    against 1, of d = silu'(a u + b) and of (z - mu) d. With var = E (z - mu)^2, dmu = E[d u] da + E[d] db and
+    ds = -s^3 dvar / 2 = -s^3 (E[(z - mu) d u] da + E[(z - mu) d] db); the centred sums keep it free of the
+    mu * sum(d) cancellation. Shared by the ATen path and the CPU kernel's registered derivative."""
+    gmu = torch.zeros_like(s) if gmu is None else gmu
+    gs = torch.zeros_like(s) if gs is None else gs
+    p, q = gmu / n, -gs * s.pow(3) / n
+    (sdu, szdu), (sd, szd) = sums.unbind(0)
+    return p * sdu + q * szdu, p * sd + q * szd
 
 
 def _proxy_moments(gamma, beta, proxy_gamma, proxy_beta, quantiles, act: nn.Module, eps: float,
@@ -87,7 +102,7 @@ def _proxy_moments(gamma, beta, proxy_gamma, proxy_beta, quantiles, act: nn.Modu
     return _moments(act(_proxy_preactivation(gamma, beta, proxy_gamma, proxy_beta, quantiles)), eps)
 
 
-_CHUNK_POINTS = 65536  # proxy points per chunk: 256 KB per fp32 temporary
+_CHUNK_POINTS = 65536  # proxy points per chunk on CPU: 256 KB per fp32 temporary
 
 
 class _ProxySiLUMoments(torch.autograd.Function):
@@ -95,14 +110,13 @@ class _ProxySiLUMoments(torch.autograd.Function):
 
     The proxy is C x n (13k x 200 for all of a B0's layers at once): as large as an activation at 64 px. Autograd
     would make ~16 passes over it and a recomputing backward ~8, each with fresh C x n temporaries (page faults on
-    CPU). Instead the forward, when gradients are wanted, also takes the four sums the backward needs, so the
-    backward is O(C). With z = silu(y), d = silu'(y), y = a u + b, var = E z^2 - mu^2 and
-    q = -gs s^3 / n, p = gmu / n - q mu, the chain rule gives dL/dz_i = p + q z_i, so
-        dL/da = p sum(d u) + q sum(z d u),   dL/db = p sum(d) + q sum(z d):
-    the same derivative as autograd's, with the sums taken in the forward. Every sum over the n points is one
-    (2, n) @ (n, rows) matmul against [u; 1], measured faster on CPU than sum() or mv(). Rows go in chunks of
-    `_CHUNK_POINTS` points, so the temporaries stay in cache and the allocator reuses them (one fresh C x n
-    buffer per step costs ~1 page fault per 4 KB, which at this size is as slow as the arithmetic).
+    CPU). Instead the forward, when gradients are wanted, also takes the four sums the backward needs
+    (`proxy_moments_grad`), so the backward is O(C). z is shifted by k = silu(b), its value at the median point,
+    before anything is summed (see `_moments`), and the sums of z d are centred on mu. Every sum over the n
+    points is one (2, n) @ (n, rows) matmul against [u; 1], measured faster on CPU than sum() or mv(). On CPU
+    rows go in chunks of `_CHUNK_POINTS` points, so the temporaries stay in cache and the allocator reuses them
+    (one fresh C x n buffer per step costs ~1 page fault per 4 KB, which at this size is as slow as the
+    arithmetic); on a GPU all rows go at once (a dozen kernels per step, whatever the number of layers).
     """
 
     @staticmethod
@@ -112,35 +126,32 @@ class _ProxySiLUMoments(torch.autograd.Function):
         ctx.n = n
         basis = torch.stack([u, torch.ones_like(u)])  # (2, n): sums against u and against 1
         ab = torch.stack([a, b], 1)
-        k = 3 if grads else 1  # rows per point: z, then d and z d for the backward
+        shift = F.silu(b)
+        k = 3 if grads else 1  # rows per point: z - shift, then d and (z - shift) d for the backward
         sums, sq = a.new_empty(2, k, c), a.new_empty(c)
-        rows = max(1, _CHUNK_POINTS // n)
+        rows = max(1, _CHUNK_POINTS // n) if a.device.type == "cpu" else c
         ones = torch.ones_like(u).expand(min(rows, c), n)  # silu_backward's grad_output: d = silu'(y) itself
         for i in range(0, c, rows):
             j = min(i + rows, c)
             y = ab[i:j] @ basis  # a u + b; a K=2 matmul is 2-4x faster than addr or broadcasting on CPU
             zd = y.new_empty(k, j - i, n)
-            z = torch.ops.aten.silu.out(y, out=zd[0])
+            zk = torch.ops.aten.silu.out(y, out=zd[0]).sub_(shift[i:j, None])
             if grads:
                 torch.ops.aten.silu_backward.grad_input(ones[: j - i], y, grad_input=zd[1])
-                torch.mul(z, zd[1], out=zd[2])
+                torch.mul(zk, zd[1], out=zd[2])
             sums[:, :, i:j] = (basis @ zd.view(-1, n).T).view(2, k, j - i)
-            sq[i:j] = torch.linalg.vector_norm(z, dim=1)
-        mu = sums[1, 0] / n
-        s = torch.rsqrt(sq.square() / n - mu * mu + eps)  # population variance E z^2 - mu^2
+            sq[i:j] = torch.linalg.vector_norm(zk, dim=1)
+        off = sums[1, 0] / n  # E z - shift
+        s = torch.rsqrt(sq.square() / n - off * off + eps)  # population variance E (z - shift)^2 - off^2
         if grads:
-            ctx.save_for_backward(mu, s, sums[:, 1:])
-        return mu, s
+            sums[:, 2] -= off * sums[:, 1]  # sum (z - mu) d = sum (z - shift) d - off sum d
+            ctx.save_for_backward(s, sums[:, 1:])
+        return shift + off, s
 
     @staticmethod
     def backward(ctx, gmu, gs):
-        mu, s, sums = ctx.saved_tensors
-        gmu = torch.zeros_like(mu) if gmu is None else gmu
-        gs = torch.zeros_like(s) if gs is None else gs
-        q = -gs * s.pow(3) / ctx.n
-        p = gmu / ctx.n - q * mu
-        (sdu, szdu), (sd, szd) = sums  # against u, then against 1; each of d and z d
-        return p * sdu + q * szdu, p * sd + q * szd, None, None
+        s, sums = ctx.saved_tensors
+        return *proxy_moments_grad(gmu, gs, s, sums, ctx.n), None, None
 
 
 class ProxyNormAct2d(nn.Module):

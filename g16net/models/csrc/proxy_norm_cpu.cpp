@@ -46,26 +46,29 @@ inline T sigmoid(T a) { return T(1) / (T(1) + exp_(-a)); }
 // parallel_for lambdas below, where every value is reached through the closure, GCC vectorized them only on paper
 // and ran the scalar fallback (5x slower, measured).
 
+// a = (x - m) A + B: centring first keeps a exact to an ulp of x - m even where |x| >> its spread (x A + B' would
+// cancel two terms of size |m A|, as the backward's own xhat = (x - m) r does not).
 template <typename T>
-inline void plane_forward(const T* __restrict x, T* __restrict out, int64_t hw, T A, T B, T S, T M) {
+inline void plane_forward(const T* __restrict x, T* __restrict out, int64_t hw, T m, T A, T B, T S, T M) {
 #pragma omp simd
   for (int64_t i = 0; i < hw; ++i) {
-    const T a = x[i] * A + B;
+    const T a = (x[i] - m) * A + B;
     out[i] = a * sigmoid(a) * S - M;
   }
 }
 
-// sums[0..3] = sums over one plane of g z, g, ga xhat and ga (ga = g silu'(a)); ga itself into `ga_out` if kStore.
+// sums[0..3] = sums over one plane of g (z - mu), g, ga xhat and ga (ga = g silu'(a)); ga itself into `ga_out` if
+// kStore. z - mu, not z: ds = sum g (z - mu) taken as sum(g z) - mu sum(g) would cancel two terms of size |mu| sum|g|.
 template <bool kStore, typename T>
 inline void plane_backward_sums(const T* __restrict x, const T* __restrict g, T* __restrict ga_out, int64_t hw, T m,
-                                T r, T gm, T bt, T* sums) {
+                                T r, T gm, T bt, T mu, T* sums) {
   T s_gz = 0, s_g = 0, s_gax = 0, s_ga = 0;  // one plane: fp32 is what ATen's norm backward sums in too
 #pragma omp simd reduction(+ : s_gz, s_g, s_gax, s_ga)
   for (int64_t i = 0; i < hw; ++i) {
     const T xh = (x[i] - m) * r, a = xh * gm + bt, sg = sigmoid(a), z = a * sg;
     const T ga = g[i] * (sg + z * (T(1) - sg));
     if constexpr (kStore) ga_out[i] = ga;
-    s_gz += g[i] * z;
+    s_gz += g[i] * (z - mu);
     s_g += g[i];
     s_gax += ga * xh;
     s_ga += ga;
@@ -104,18 +107,18 @@ void forward_impl(const T* x, const T* gamma, const T* beta, const T* mu, const 
       rstd[ng] = T(r);
       for (int64_t k = 0; k < cg; ++k) {
         const int64_t c = (ng % G) * cg + k, off = ng * len + k * HW;
-        plane_forward(x + off, out + off, HW, T(gamma[c] * r), T(beta[c] - m * gamma[c] * r), s[c], mu[c] * s[c]);
+        plane_forward(x + off, out + off, HW, T(m), T(gamma[c] * r), beta[c], s[c], mu[c] * s[c]);
       }
     }
   });
 }
 
-// Per (n, c): sums of g z, g, ga xhat and ga into sums (4, N, C), with xhat the normalized input, a = gamma xhat +
+// Per (n, c): sums of g (z - mu), g, ga xhat and ga into sums (4, N, C), with xhat the normalized input, a = gamma xhat +
 // beta, z = silu(a) and ga = g silu'(a); then, if dx, dx = rstd (ga w - mean(ga w) - xhat mean(ga w xhat)) over
 // each group with w = gamma s. dx holds ga between the two passes.
 template <typename T>
-void backward_impl(const T* g, const T* x, const T* gamma, const T* beta, const T* mean, const T* rstd, const T* s,
-                   T* dx, T* sums, int64_t N, int64_t C, int64_t HW, int64_t G) {
+void backward_impl(const T* g, const T* x, const T* gamma, const T* beta, const T* mean, const T* rstd, const T* mu,
+                   const T* s, T* dx, T* sums, int64_t N, int64_t C, int64_t HW, int64_t G) {
   const int64_t cg = C / G, len = cg * HW, NC = N * C;
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ng = begin; ng < end; ++ng) {
@@ -125,9 +128,10 @@ void backward_impl(const T* g, const T* x, const T* gamma, const T* beta, const 
         const int64_t c = (ng % G) * cg + k, off = ng * len + k * HW;
         T t[4];
         if (dx) {
-          plane_backward_sums<true>(x + off, g + off, dx + off, HW, m, r, gamma[c], beta[c], t);
+          plane_backward_sums<true>(x + off, g + off, dx + off, HW, m, r, gamma[c], beta[c], mu[c], t);
         } else {
-          plane_backward_sums<false>(x + off, g + off, static_cast<T*>(nullptr), HW, m, r, gamma[c], beta[c], t);
+          plane_backward_sums<false>(x + off, g + off, static_cast<T*>(nullptr), HW, m, r, gamma[c], beta[c], mu[c],
+                                     t);
         }
         const int64_t nc = (ng / G) * C + c;
         for (int j = 0; j < 4; ++j) sums[j * NC + nc] = t[j];
@@ -145,50 +149,58 @@ void backward_impl(const T* g, const T* x, const T* gamma, const T* beta, const 
   });
 }
 
-// Sums over the n quantiles u of z = silu(a u + b): out[0..1] = sum z, sum z^2; with `all`, also out[2..5] =
-// sums of d u, z d u, d and z d for d = silu'(a u + b).
+// Sums over the n quantiles u of z = silu(a u + b), shifted by k = silu(b) (z at the median point u = 0):
+// out[0..1] = sums of z - k and (z - k)^2; with `all`, also out[2..5] = sums of d u, (z - k) d u, d and (z - k) d
+// for d = silu'(a u + b). The shift is the whole point: the variance as E z^2 - E[z]^2 cancels two terms of size
+// mu^2, so where the proxy's spread is small against its mean (large s) fp32 lost 3-4 digits (1e-3 relative error
+// in s on AVX2, 100x ATen's two-pass variance). With k inside the range of z, |E z - k| is of the order of the
+// spread and nothing cancels. The accumulators are double: 200 fp32 terms summed in 8 (AVX2) or 16 (AVX-512) lanes
+// would give each instruction set its own rounding; in double the result is the same to fp32 on every CPU, and the
+// conversions cost nothing next to the exp (n is 200, not H x W).
 template <typename T>
-inline void proxy_sums(T ac, T bc, const T* __restrict u, int64_t n, bool all, T* out) {
-  T sz = 0, szz = 0, sdu = 0, szdu = 0, sd = 0, szd = 0;
+inline void proxy_sums(T ac, T bc, const T* __restrict u, int64_t n, bool all, double* out) {
+  const T k = bc * sigmoid(bc);
+  double sz = 0, szz = 0, sdu = 0, szdu = 0, sd = 0, szd = 0;
   if (all) {
 #pragma omp simd reduction(+ : sz, szz, sdu, szdu, sd, szd)
     for (int64_t i = 0; i < n; ++i) {
-      const T y = ac * u[i] + bc, sg = sigmoid(y), z = y * sg, d = sg + z * (T(1) - sg);
-      sz += z;
-      szz += z * z;
+      const T y = ac * u[i] + bc, sg = sigmoid(y), z = y * sg, d = sg + z * (T(1) - sg), zk = z - k;
+      sz += zk;
+      szz += double(zk) * zk;
       sdu += d * u[i];
-      szdu += z * d * u[i];
+      szdu += zk * d * u[i];
       sd += d;
-      szd += z * d;
+      szd += zk * d;
     }
   } else {
 #pragma omp simd reduction(+ : sz, szz)
     for (int64_t i = 0; i < n; ++i) {
-      const T y = ac * u[i] + bc, z = y * sigmoid(y);
-      sz += z;
-      szz += z * z;
+      const T y = ac * u[i] + bc, zk = y * sigmoid(y) - k;
+      sz += zk;
+      szz += double(zk) * zk;
     }
   }
   out[0] = sz, out[1] = szz, out[2] = sdu, out[3] = szdu, out[4] = sd, out[5] = szd;
 }
 
 // mu_c, s_c of silu(a_c u + b_c) over the n quantiles u (population variance, + eps), and, if `sums`, the four
-// sums the closed-form backward of _ProxySiLUMoments needs: against u and against 1, of d = silu' and of z d.
+// sums the closed-form backward (proxy_norm.proxy_moments_grad) needs, against u and against 1: of d = silu' and of
+// (z - mu) d, centred on mu for the same reason as the variance.
 template <typename T>
 void proxy_moments_impl(const T* a, const T* b, const T* u, T* mu, T* s, T* sums, int64_t C, int64_t n, double eps) {
   at::parallel_for(0, C, 64, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      T t[6];
+      double t[6];
       proxy_sums(a[c], b[c], u, n, sums != nullptr, t);
+      const double off = t[0] / n, k = double(b[c] * sigmoid(b[c]));  // E z - k, and k as proxy_sums rounded it
       if (sums) {
-        sums[c] = t[2];
-        sums[C + c] = t[3];
-        sums[2 * C + c] = t[4];
-        sums[3 * C + c] = t[5];
+        sums[c] = T(t[2]);
+        sums[C + c] = T(t[3] - off * t[2]);
+        sums[2 * C + c] = T(t[4]);
+        sums[3 * C + c] = T(t[5] - off * t[4]);
       }
-      const T m = t[0] / T(n);
-      mu[c] = m;
-      s[c] = T(1) / std::sqrt(t[1] / T(n) - m * m + T(eps));
+      mu[c] = T(k + off);
+      s[c] = T(1.0 / std::sqrt(std::max(t[1] / n - off * off, 0.0) + eps));
     }
   });
 }
@@ -222,8 +234,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pn_forward(const at::Tensor& x, c
 
 std::tuple<at::Tensor, at::Tensor> pn_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& gamma,
                                                const at::Tensor& beta, const at::Tensor& mean, const at::Tensor& rstd,
-                                               const at::Tensor& s, int64_t groups, bool need_dx) {
-  check(x, {gamma, beta, s}, groups);
+                                               const at::Tensor& mu, const at::Tensor& s, int64_t groups,
+                                               bool need_dx) {
+  check(x, {gamma, beta, mu, s}, groups);
   TORCH_CHECK(grad.sizes() == x.sizes() && grad.dtype() == x.dtype(), "g16net_pn: grad must match x");
   const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / (N * C);
   TORCH_CHECK(mean.numel() == N * groups && rstd.numel() == N * groups, "g16net_pn: (N, groups) statistics expected");
@@ -233,7 +246,8 @@ std::tuple<at::Tensor, at::Tensor> pn_backward(const at::Tensor& grad, const at:
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "g16net_pn_backward", [&] {
     backward_impl<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                             gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
-                            m.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
+                            m.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), mu.const_data_ptr<scalar_t>(),
+                            s.const_data_ptr<scalar_t>(),
                             need_dx ? dx.mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<scalar_t>(), N,
                             C, HW, groups);
   });
@@ -263,8 +277,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pn_proxy_moments(const at::Tensor
 TORCH_LIBRARY(g16net_pn, m) {
   m.def("forward(Tensor x, Tensor gamma, Tensor beta, Tensor mu, Tensor s, int groups, float eps)"
         " -> (Tensor, Tensor, Tensor)");
-  m.def("backward(Tensor grad, Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, Tensor s, int groups,"
-        " bool need_dx) -> (Tensor, Tensor)");
+  m.def("backward(Tensor grad, Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, Tensor mu, Tensor s,"
+        " int groups, bool need_dx) -> (Tensor, Tensor)");
   m.def("proxy_moments(Tensor a, Tensor b, Tensor u, float eps, bool sums) -> (Tensor, Tensor, Tensor)");
 }
 
