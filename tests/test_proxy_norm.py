@@ -244,6 +244,25 @@ def test_proxy_silu_moments_match_autograd_formula_and_gradcheck(monkeypatch, ch
     assert torch.autograd.gradcheck(moments, ab)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_proxy_moments_on_cuda_in_one_pass_match_cpu_chunks_and_fp64():
+    """On a GPU all of a B0's 13,248 PN channels go through one chunk (a dozen kernels per step): the values and
+    gradients agree with the CPU's chunked path and with fp64."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(13248, generator=g) * 0.5 + 1.0, torch.randn(13248, generator=g) * 2
+    u = gaussian_quantiles(200)
+    w = torch.randn(2, len(a), generator=g)
+    results = []
+    for device, dtype in (("cuda", torch.float32), ("cpu", torch.float32), ("cpu", torch.float64)):
+        ab = [t.to(device, dtype).requires_grad_(True) for t in (a, b)]
+        mu, s = _ProxySiLUMoments.apply(*ab, u.to(device, dtype), 0.03)
+        grads = torch.autograd.grad((w[0].to(device, dtype) * mu + w[1].to(device, dtype) * s).sum(), ab)
+        results.append([t.detach().cpu().double() for t in (mu, s, *grads)])
+    for gpu, cpu, ref in zip(*results):
+        scale = ref.abs().max()
+        assert (gpu - ref).abs().max() <= 1e-5 * scale and (gpu - cpu).abs().max() <= 1e-5 * scale
+
+
 @pytest.mark.parametrize("groups", [1, 4])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("autocast_dtype, atol", [(None, 1e-5), (torch.bfloat16, 3e-2)])

@@ -75,3 +75,14 @@ def test_wandb_offline_one_run_per_phase_and_no_bleed(tmp_path):
         assert len(runs) == 4, runs  # train, eval_before_finetune, finetune, eval: each its own W&B run
     ids = {p.name.rsplit("-", 1)[-1] for job in ("0", "1") for p in (sweep / job / "wandb").glob("offline-run-*")}
     assert len(ids) == 8  # no run reused across phases or sweep jobs
+
+
+@pytest.mark.parametrize("overrides, expected", [([], True), (["trainer.deterministic=true"], False),
+                                                 (["trainer.benchmark=false"], False)])
+def test_cudnn_benchmark_on_unless_deterministic(overrides, expected):
+    """trainer.benchmark=auto: cuDNN picks conv algorithms by timing on GPUs, but not when deterministic kernels
+    are asked for (it would override them)."""
+    from g16net.backends.lightning import LightningBackend
+
+    backend = LightningBackend(compose_cfg([*TINY, "trainer=cpu", *overrides]), None)
+    assert backend.trainer_args["benchmark"] is expected

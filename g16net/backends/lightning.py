@@ -45,6 +45,8 @@ class LightningBackend:
         self.cfg, self.run_dir = cfg, run_dir
         accelerator, precision = resolve_accelerator(cfg)
         args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in APP_KEYS}
+        if args.get("benchmark") == "auto":  # Lightning takes a bool; with deterministic kernels asked for, off
+            args["benchmark"] = not args.get("deterministic")
         self.trainer_args = {**args, "accelerator": accelerator, "precision": precision}
         probe = pl.Trainer(**self.trainer_args, logger=False, enable_checkpointing=False)  # builds no process group
         steps = cfg.trainer.accumulate_grad_batches
