@@ -9,7 +9,8 @@ measured under the same (resolution, mode, precision, layout, compile) settings,
 
 Proxy Norm models run as `--pn-impl` says: "fused" (the model as trained), "aten" (the same without the compiled
 CPU kernel of `g16net.models.cpu_kernel`, as where it cannot be built), "reference" (the spec's formula op by
-op) and, for inference rows only, "folded": `g16net.fold_for_inference`, which folds each PN layer's
+op), "triton" (the fused model through the Triton GPU kernel of `g16net.models.triton_kernel`, opt-in elsewhere
+until measured) and, for inference rows only, "folded": `g16net.fold_for_inference`, which folds each PN layer's
 post-activation affine into the layer after it (an eval-only model with the same logits). The default measures
 both the fused and the folded model, so inference rows show the unfolded and the folded number side by side.
 """
@@ -28,18 +29,20 @@ import g16net  # noqa: F401  (registers our timm names)
 from .efficiency import PRECISIONS, count_params, forward_macs, measure_throughput
 from .models import NORMS, GroupNormProxyAct2d, ProxyNormAct2d, fold_for_inference, is_folded
 
-PN_IMPLS = ("fused", "aten", "reference", "folded")
+PN_IMPLS = ("fused", "aten", "reference", "folded", "triton")
 
 
 def set_pn_impl(model: torch.nn.Module, impl: str) -> torch.nn.Module:
     """Switch every LN/GN + Proxy Norm layer between the fused and the reference formulation; "aten": the fused
     one without the compiled CPU kernel (what runs where it cannot be built); "folded": the fused model in eval
-    with PN's post-activation affine folded forward (`fold_for_inference`, inference only)."""
+    with PN's post-activation affine folded forward (`fold_for_inference`, inference only); "triton": the fused one
+    through the Triton kernel (where it runs: a GPU, or Triton's interpreter)."""
     for m in model.modules():
         if isinstance(m, GroupNormProxyAct2d):
             m.fused = impl != "reference"
         if isinstance(m, ProxyNormAct2d):
             m.cpu_kernel = impl != "aten"
+            m.triton_kernel = impl == "triton"
     return fold_for_inference(model.eval(), inplace=True) if impl == "folded" else model
 
 
@@ -63,9 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--layout", type=_csv_list(str), default=["nchw"], help="nchw and/or nhwc (channels_last)")
     p.add_argument("--compile", type=_csv_list(int), default=[0], help="0 and/or 1 (torch.compile)")
     p.add_argument("--pn-impl", type=_csv_list(str), default=["fused", "folded"],
-                   help=f"Proxy Norm models, any of {PN_IMPLS}; aten: without the compiled CPU kernel; folded (PN's "
-                        "affine folded into the next layer, g16net.fold_for_inference) is measured in infer rows only, "
-                        "as it cannot train")
+                   help=f"Proxy Norm models, any of {PN_IMPLS}; aten: without the compiled CPU kernel; triton: "
+                        "the Triton GPU kernel; folded (PN's affine folded into the next layer, "
+                        "g16net.fold_for_inference) is measured in infer rows only, as it cannot train")
     p.add_argument("--base", default=None,
                    help="ratio denominator: one of --peers, or one of --norms for our model with that norm (e.g. ln "
                         "to price Proxy Norm against plain LayerNorm); default: the first peer")

@@ -8,6 +8,7 @@ running state, identical in train and eval.
 """
 
 import math
+import os
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from functools import lru_cache
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_kernel
+from . import cpu_kernel, triton_kernel
 
 
 def gaussian_quantiles(n: int) -> torch.Tensor:
@@ -180,6 +181,8 @@ class ProxyNormAct2d(nn.Module):
         self._memo = None  # eager inference: (parameters, their versions, (mu, s))
         self._pending = None  # (mu, s) handed over by `batched_proxy_stats` for the next forward only
         self.cpu_kernel = True  # the compiled CPU kernel where it applies (False: ATen ops, for A/B benchmarks)
+        # The Triton kernel on GPUs (`triton_kernel`): opt-in until measured there.
+        self.triton_kernel = os.environ.get("G16NET_TRITON_KERNEL", "0") == "1"
 
     def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The spec's formula op by op, through autograd: what scripted, traced and compiled graphs run."""
@@ -289,6 +292,15 @@ def _kernel_allowed(t: torch.Tensor, flag: bool) -> bool:
 def _kernel_applies(x: torch.Tensor, flag: bool) -> bool:
     """`_kernel_allowed` on an (N, C, H, W) input with planes of at least `_KERNEL_MIN_PLANE` pixels."""
     return _kernel_allowed(x, flag) and x.numel() >= _KERNEL_MIN_PLANE * x.shape[0] * x.shape[1]
+
+
+def _triton_allowed(x: torch.Tensor) -> bool:
+    """Whether a layer whose `triton_kernel` flag is set runs `triton_kernel` on `x`: a GPU tensor (or any under
+    Triton's interpreter), eager or torch.compile, never in exported, jit-traced or fx-traced graphs (checked
+    before x's device is read, which fx would record rather than answer)."""
+    if torch.compiler.is_exporting() or torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy):
+        return False
+    return (x.device.type != "cpu" or triton_kernel.INTERPRET) and triton_kernel.available()
 
 
 def _channel_affine_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -485,6 +497,8 @@ class GroupNormProxyAct2d(nn.Module):
         if not self.fused:
             return pn(F.group_norm(x, self.num_groups, None, None, self.eps))
         if not torch.jit.is_scripting():
+            if isinstance(pn.act, nn.SiLU) and pn.triton_kernel and _triton_allowed(x):
+                return self._forward_triton(x)
             if isinstance(pn.act, nn.SiLU) and _kernel_applies(x, pn.cpu_kernel):
                 return self._forward_kernel(x)
             if torch.is_grad_enabled() and isinstance(pn.act, nn.SiLU) and not tracing():
@@ -507,3 +521,11 @@ class GroupNormProxyAct2d(nn.Module):
         out = torch.ops.g16net_pn.forward(x.to(dtype).contiguous(), self.pn.weight.to(dtype),
                                           self.pn.bias.to(dtype), mu, s, self.num_groups, self.eps)[0]
         return out.to(x.dtype)
+
+    @torch.jit.unused
+    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        """The Triton kernel (`triton_kernel`): x in its own dtype and layout (NCHW or channels_last), fp32
+        arithmetic (fp64 for fp64); its autograd keeps x and per-group statistics, like `_forward_kernel`."""
+        mu, s = self.pn.proxy_stats()
+        return torch.ops.g16net_pn_triton.forward(x, self.pn.weight, self.pn.bias, mu, s, self.num_groups,
+                                                  self.eps)[0]
