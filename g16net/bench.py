@@ -86,6 +86,13 @@ def parse_args(argv=None):
     _check_choices(p, "--layout", args.layout, ("nchw", "nhwc"))
     _check_choices(p, "--pn-impl", args.pn_impl, PN_IMPLS)
     _check_choices(p, "--compile", args.compile, (0, 1))
+    if "triton" in args.pn_impl:  # elsewhere the layers would quietly take another path under a "triton" label
+        from .models import triton_kernel
+
+        on_cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+        if not triton_kernel.available() or (on_cpu and not triton_kernel.INTERPRET):
+            p.error("--pn-impl triton needs triton and a GPU (or TRITON_INTERPRET=1 for a CPU correctness run); "
+                    "allowed here: " + ", ".join(i for i in PN_IMPLS if i != "triton"))
     for name in args.models + args.peers:
         if not timm.is_model(name):
             p.error(f"unknown model {name!r}; ours: {', '.join(timm.list_models('g*_efficientnet_*'))}")
@@ -119,6 +126,8 @@ def _candidates(args):
 
 def run(args) -> list[dict]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # cuDNN times its conv algorithms per shape and keeps the fastest, as GPU training does (trainer.benchmark)
+    torch.backends.cudnn.benchmark = device.startswith("cuda")
     print(_header(device, args), flush=True)
     cols = ("model", "norm", "res", "mode", "prec", "layout", "comp", "params_M", "GMACs", "img/s", "ratio",
             "range", "act_MB", "peak_MB")

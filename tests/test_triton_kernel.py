@@ -258,6 +258,15 @@ def test_opt_in_by_environment_and_bench_impl(monkeypatch):
     assert not any(m.triton_kernel for m in layers)
 
 
+def test_bench_refuses_triton_rows_that_would_run_another_path(monkeypatch, capsys):
+    from g16net.bench import parse_args
+
+    monkeypatch.setattr(triton_kernel, "INTERPRET", False)
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--pn-impl", "fused,triton", "--device", "cpu"])
+    assert stop.value.code == 2 and "--pn-impl triton needs triton and a GPU" in capsys.readouterr().err
+
+
 def test_layer_without_a_gpu_or_interpreter_keeps_its_other_paths(monkeypatch):
     """The flag alone changes nothing on CPU without the interpreter, nor in fx-traced or exported graphs."""
     from g16net.models.proxy_norm import _triton_allowed
