@@ -134,6 +134,13 @@ def run(args) -> list[dict]:
     print(_fmt_row(cols), flush=True)
     rows = []
     models = [(label, norm, build()) for label, norm, build in _candidates(args)]
+    counted = {}  # (model, res) -> MACs: a count traces the model, ~1 s on CPU, and is the same for every mode
+
+    def macs(model, res):
+        if (id(model), res) not in counted:
+            counted[id(model), res] = forward_macs(model, res)
+        return counted[id(model), res]
+
     base_name = args.base or (args.peers[0] if args.peers else None)
     # The first model matching --base (a peer's name, or our model's norm); the first row when none matches.
     base_i = next((i for i, (label, norm, _) in enumerate(models) if base_name in (label, norm)), 0)
@@ -156,7 +163,7 @@ def run(args) -> list[dict]:
             paired = [a.img_per_s / b.img_per_s for a, b in zip(runs, samples[base_i])] if base else []
             lo, hi = (min(paired), max(paired)) if paired else (None, None)
             row = dict(model=label, norm=norm, res=res, mode=mode, prec=prec, layout=layout, comp=comp,
-                       params_M=count_params(model) / 1e6, GMACs=forward_macs(model, res) / 1e9,
+                       params_M=count_params(model) / 1e6, GMACs=macs(model, res) / 1e9,
                        **{"img/s": t.img_per_s, "ratio": None if base is None else t.img_per_s / base.img_per_s,
                           "range": None if lo is None else f"{lo:.2f}-{hi:.2f}", "ratio_lo": lo, "ratio_hi": hi,
                           "act_MB": t.activation_mb, "peak_MB": t.peak_mem_mb},

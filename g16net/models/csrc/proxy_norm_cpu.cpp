@@ -23,7 +23,10 @@ namespace {
 // multiplies every lane by it before blending, and 1 / (1 + exp(88)) is a denormal, which made every vector
 // operation a microcode assist (8x slower forward on this repository's Xeon, family 6 model 207). Past +-60
 // sigmoid is 0 or 1 to 1e-26.
-inline float exp_(float x) {
+// Always inlined: a call left in a loop is a scalar call per element, and GCC stopped inlining exp_ once it had a
+// few scalar callers as well (the backward and the proxy moments ran 8x slower, measured).
+#define G16_INLINE inline __attribute__((always_inline))
+G16_INLINE float exp_(float x) {
   x = x < -60.0f ? -60.0f : x;
   x = x > 60.0f ? 60.0f : x;
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
@@ -37,10 +40,10 @@ inline float exp_(float x) {
   p = p * r * r + r + 1.0f;
   return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
 }
-inline double exp_(double x) { return std::exp(x); }  // fp64 is for gradcheck, not speed
+G16_INLINE double exp_(double x) { return std::exp(x); }  // fp64 is for gradcheck, not speed
 
 template <typename T>
-inline T sigmoid(T a) { return T(1) / (T(1) + exp_(-a)); }
+G16_INLINE T sigmoid(T a) { return T(1) / (T(1) + exp_(-a)); }
 
 // The loops over pixels live in small functions of plain (restrict) pointers and values: written inline in the
 // parallel_for lambdas below, where every value is reached through the closure, GCC vectorized them only on paper
@@ -154,19 +157,18 @@ void backward_impl(const T* g, const T* x, const T* gamma, const T* beta, const 
 // for d = silu'(a u + b). The shift is the whole point: the variance as E z^2 - E[z]^2 cancels two terms of size
 // mu^2, so where the proxy's spread is small against its mean (large s) fp32 lost 3-4 digits (1e-3 relative error
 // in s on AVX2, 100x ATen's two-pass variance). With k inside the range of z, |E z - k| is of the order of the
-// spread and nothing cancels. The accumulators are double: 200 fp32 terms summed in 8 (AVX2) or 16 (AVX-512) lanes
-// would give each instruction set its own rounding; in double the result is the same to fp32 on every CPU, and the
-// conversions cost nothing next to the exp (n is 200, not H x W).
+// spread and nothing cancels: with it, fp32 sums in 8 (AVX2) or 16 (AVX-512) lanes stay within 3x ATen's fp32
+// error (tests/kernel_exactness.py); double accumulators bought nothing more and made the call 1.6x slower.
 template <typename T>
 inline void proxy_sums(T ac, T bc, const T* __restrict u, int64_t n, bool all, double* out) {
   const T k = bc * sigmoid(bc);
-  double sz = 0, szz = 0, sdu = 0, szdu = 0, sd = 0, szd = 0;
+  T sz = 0, szz = 0, sdu = 0, szdu = 0, sd = 0, szd = 0;
   if (all) {
 #pragma omp simd reduction(+ : sz, szz, sdu, szdu, sd, szd)
     for (int64_t i = 0; i < n; ++i) {
       const T y = ac * u[i] + bc, sg = sigmoid(y), z = y * sg, d = sg + z * (T(1) - sg), zk = z - k;
       sz += zk;
-      szz += double(zk) * zk;
+      szz += zk * zk;
       sdu += d * u[i];
       szdu += zk * d * u[i];
       sd += d;
@@ -177,7 +179,7 @@ inline void proxy_sums(T ac, T bc, const T* __restrict u, int64_t n, bool all, d
     for (int64_t i = 0; i < n; ++i) {
       const T y = ac * u[i] + bc, zk = y * sigmoid(y) - k;
       sz += zk;
-      szz += double(zk) * zk;
+      szz += zk * zk;
     }
   }
   out[0] = sz, out[1] = szz, out[2] = sdu, out[3] = szdu, out[4] = sd, out[5] = szd;
