@@ -274,10 +274,11 @@ def _norm_kernel_wins(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.numel() >= _SMALL_PLANE * t.shape[0] * t.shape[1]
 
 
-# From 8x8 maps up the fused CPU kernel beats the ATen ops (1.1 vs 1.3 ms forward + backward on 32 x 384 x 8 x 8,
-# 3.6 vs 6-7 ms on 32 x 96 x 32 x 32); on 4x4 its per-plane sums (four horizontal vector reductions per 16 pixels)
-# made its backward 3x ATen's norm kernels (0.82 vs 0.76 ms for the layer on 32 x 672 x 4 x 4).
-_KERNEL_MIN_PLANE = 64
+# From 4x4 maps up the fused CPU kernel beats the ATen ops on AVX2 and AVX-512 builds alike, training and
+# inference (a layer's forward + backward on 32 x 672 x 4 x 4: 1.2-1.3 ms against 1.7-1.9 ms; 32 x 96 x 32 x 32:
+# 3.8-5.4 against 9.2-9.5). On 2x2 maps its four horizontal reductions per 4-pixel plane make inference 1.1-2.3x
+# the ATen path's, so those keep ATen's flat ops (Xeon with AMX, torch 2.14.1, 2 threads, fp32).
+_KERNEL_MIN_PLANE = 16
 
 
 def _kernel_allowed(t: torch.Tensor, flag: bool) -> bool:

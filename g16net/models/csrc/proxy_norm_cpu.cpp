@@ -5,7 +5,7 @@
 // silu_backward and group_norm_backward in backward; every op is another trip through memory, which is what the
 // layer costs on a CPU. Here the statistics of (sample, group) are taken once and everything else is fused.
 // Layout: contiguous (N, C, H*W), float or double (the caller converts half precision to fp32, as the ATen path
-// does). Maps under 8x8 stay with the ATen path (see _KERNEL_MIN_PLANE in proxy_norm.py).
+// does). Maps under 4x4 stay with the ATen path (see _KERNEL_MIN_PLANE in proxy_norm.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
