@@ -33,7 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--pn-impl", default="fused", help=f"Proxy Norm implementation, one of {PN_IMPLS}")
     p.add_argument("--res", type=int, default=160, help="input size in pixels")
     p.add_argument("--batch", type=int, default=64, help="images per step")
-    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"), help="autocast dtype")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
+                   help="autocast dtype; default: bf16 on a GPU, fp32 on a CPU (bf16 there adds casts)")
     p.add_argument("--layout", default="nchw", choices=("nchw", "nhwc"), help="nhwc = channels_last")
     p.add_argument("--warmup", type=int, default=3, help="unprofiled steps first")
     p.add_argument("--steps", type=int, default=5, help="profiled steps")
@@ -50,6 +51,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.precision = args.precision or ("fp32" if dev.type == "cpu" else "bf16")
     cuda = dev.type == "cuda"
     torch.backends.cudnn.benchmark = cuda  # as the bench and GPU training run (fastest conv algorithm per shape)
     ours = args.model in timm.list_models("g*_efficientnet_*")
