@@ -194,7 +194,9 @@ run_step env 30 bash -c 'uname -a; echo "cpus $(nproc)"; free -g 2>/dev/null; df
   grep -v -i -E "KEY|TOKEN|SECRET|PASSWORD" | sort'
 
 # --- correctness first: the speed numbers mean nothing if the GPU path computes something else ----------------
-run_step numerics 150 "$py" -m pytest tests -k cuda -p no:cacheprovider -q --junitxml "$out/numerics.xml"
+# addopts cleared: one process (no pytest-xdist workers sharing the GPU, which the machine may not even have)
+run_step numerics 150 "$py" -m pytest tests -k cuda -o addopts= -m "not slow" -p no:cacheprovider -q \
+  --junitxml "$out/numerics.xml"
 run_step smoke 150 "$py" -m g16net.train debug=smoke "trainer=$trainer" logger=csv overwrite=true \
   "hydra.run.dir=$out/smoke"
 

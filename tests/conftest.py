@@ -9,6 +9,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+# Under pytest-xdist (pyproject's addopts) each worker gets its share of the cores, before torch is imported here
+# or in the runs the tests start: two workers of two threads each on 2 cores would fight for them. A thread count
+# set by the caller is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(
+        os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
 # Small enough for seconds per run on 2 CPU cores; still every phase (train, eval, finetune, eval, throughput).

@@ -284,7 +284,7 @@ def test_cpu_interpreter_cases():
     """This file's "cpu-interp" cases in a child pytest with TRITON_INTERPRET=1 (see the module docstring)."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-k", "cpu-interp", "-p", "no:cacheprovider",
-         "--durations=0"],
+         "-o", "addopts=", "--durations=0"],  # one process: no xdist workers of its own
         capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent,
         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"})
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
