@@ -23,16 +23,19 @@ def _layer(x, gamma, beta, mu, s, groups):
     return (F.silu(F.group_norm(x, groups, gamma, beta, 1e-3)) - mu.view(1, -1, 1, 1)) * s.view(1, -1, 1, 1)
 
 
-def _layer_errors(ops, x, gamma, beta, mu, s, groups) -> dict:
-    """Forward and the five gradients: the kernel (through its registered derivative) and ATen's ops, in fp32."""
+def _layer_errors(ops, x, gamma, beta, mu, s, groups, device="cpu") -> dict:
+    """Forward and the five gradients: the kernel (through its registered derivative, on `device`) and ATen's
+    ops, in fp32 on the CPU, each against fp64; any op with the CPU kernel's `forward` signature."""
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     results = {}
     for name, fn in (("kernel", lambda *t: ops.forward(*t, groups, 1e-3)[0]),
                      ("aten", lambda *t: _layer(*t, groups)), ("fp64", lambda *t: _layer(*t, groups))):
         dtype = torch.float64 if name == "fp64" else torch.float32
-        inputs = [t.to(dtype).requires_grad_(True) for t in (x, gamma, beta, mu, s)]
+        on = device if name == "kernel" else "cpu"
+        inputs = [t.to(on, dtype).requires_grad_(True) for t in (x, gamma, beta, mu, s)]
         out = fn(*inputs)
-        results[name] = [out.detach(), *torch.autograd.grad((out * w.to(dtype)).sum(), inputs)]
+        grads = torch.autograd.grad((out * w.to(on, dtype)).sum(), inputs)
+        results[name] = [t.detach().cpu() for t in (out, *grads)]
     names = ("out", "dx", "dgamma", "dbeta", "dmu", "ds")
     return {n: (_err(k, r), _err(a, r)) for n, k, a, r in zip(names, results["kernel"], results["aten"],
                                                                results["fp64"])}

@@ -157,6 +157,22 @@ def test_nan_stays_in_its_own_sample(device):
     assert dx[1].isnan().all() and dx[[0, 2]].isfinite().all()
 
 
+@pytest.mark.parametrize("case", ["large |x|", "large s"])
+def test_as_exact_as_aten_fp32_where_fp32_sums_cancel(device, case):
+    """The CPU kernel's exactness bound (tests/kernel_exactness.py): against fp64, output and five gradients within
+    8x ATen fp32's error (or 8 ulps): |x| far above its spread (centred before the affine), and a large mu and s
+    (the backward's sum of g (z - mu) taken centred)."""
+    try:
+        from kernel_exactness import _layer_errors
+    except ImportError:  # tests/ became a package
+        from tests.kernel_exactness import _layer_errors
+    x, (gamma, beta, mu, s) = _inputs((2, 16, 6, 6), torch.contiguous_format, device)
+    x, mu, s = (x + 1e3, mu, s) if case == "large |x|" else (x, mu + 4, s * 5)
+    errors = _layer_errors(OPS, x.cpu(), gamma.cpu(), beta.cpu(), mu.cpu(), s.cpu(), 2, device=device)
+    bad = {name: e for name, e in errors.items() if e[0] > 8 * max(e[1], 2.0**-23)}
+    assert not bad, bad
+
+
 class _OpNames(TorchDispatchMode):
     def __init__(self):
         super().__init__()

@@ -101,19 +101,25 @@ def _fwd_finalize(pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, C, HW, G, CG, S, CHUNK
 
 
 @_jit
+def _tile_rows(NCB, C, G, CG, BC: tl.constexpr):
+    """This program's sample n, its block of channels c (with the mask of those < C) and their groups n G + c/CG."""
+    pid = tl.program_id(0)
+    n = pid // NCB
+    c = (pid % NCB) * BC + tl.arange(0, BC)
+    return n, c, c < C, n * G + c // CG
+
+
+@_jit
 def _fwd_apply(x_ptr, out_ptr, gamma_ptr, beta_ptr, mu_ptr, s_ptr, mean_ptr, rstd_ptr, C, HW, G, CG, CHUNK, NCB,
                s_n, s_c, s_p, BC: tl.constexpr, BP: tl.constexpr):
-    """out = (silu(gamma x^ + beta) - mu) s, as silu(A x + B) S - M with per-row A, B, S, M."""
+    """out = (silu(gamma x^ + beta) - mu) s, as silu((x - mean) A + beta) S - M with per-row A, S, M: centred
+    first, as the CPU kernel, so |x| far above its spread costs no digits (x A + B would cancel two large terms)."""
     acc = mean_ptr.dtype.element_ty
-    pid, sp = tl.program_id(0), tl.program_id(1)
-    n, cb = pid // NCB, pid % NCB
-    c = cb * BC + tl.arange(0, BC)
-    cmask = c < C
-    grp = n * G + c // CG
-    r = tl.load(rstd_ptr + grp, mask=cmask, other=0.0)
-    a_scale = tl.load(gamma_ptr + c, mask=cmask, other=0.0).to(acc) * r
-    a_shift = tl.load(beta_ptr + c, mask=cmask, other=0.0).to(acc) - tl.load(mean_ptr + grp, mask=cmask,
-                                                                             other=0.0) * a_scale
+    n, c, cmask, grp = _tile_rows(NCB, C, G, CG, BC)
+    sp = tl.program_id(1)
+    mean = tl.load(mean_ptr + grp, mask=cmask, other=0.0)[:, None]
+    a_scale = tl.load(gamma_ptr + c, mask=cmask, other=0.0).to(acc) * tl.load(rstd_ptr + grp, mask=cmask, other=0.0)
+    a_shift = tl.load(beta_ptr + c, mask=cmask, other=0.0).to(acc)
     s = tl.load(s_ptr + c, mask=cmask, other=0.0).to(acc)
     m = tl.load(mu_ptr + c, mask=cmask, other=0.0).to(acc) * s
     off = n.to(tl.int64) * s_n + c[:, None].to(tl.int64) * s_c
@@ -123,25 +129,24 @@ def _fwd_apply(x_ptr, out_ptr, gamma_ptr, beta_ptr, mu_ptr, s_ptr, mean_ptr, rst
         pp = p + tl.arange(0, BP)
         mask = cmask[:, None] & (pp < p1)[None, :]
         o = off + pp[None, :] * s_p
-        a = tl.load(x_ptr + o, mask=mask, other=0.0).to(acc) * a_scale[:, None] + a_shift[:, None]
+        a = (tl.load(x_ptr + o, mask=mask, other=0.0).to(acc) - mean) * a_scale[:, None] + a_shift[:, None]
         y = a * tl.sigmoid(a) * s[:, None] - m[:, None]
         tl.store(out_ptr + o, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @_jit
-def _bwd_tiles(x_ptr, g_ptr, dx_ptr, part_ptr, gamma_ptr, beta_ptr, s_ptr, mean_ptr, rstd_ptr, q_ptr, N, C, HW, G,
-               CG, S, CHUNK, NCB, s_n, s_c, s_p, BC: tl.constexpr, BP: tl.constexpr, DX: tl.constexpr):
-    """Recomputes a = gamma x^ + beta and ga = g silu'(a). DX=False: per (sample, chunk, channel) sums of g z, g,
-    ga x^ and ga into part (4, N, S, C). DX=True: dx = rstd (ga w - q1 - x^ q2) with w = gamma s and q the
-    per-group means of ga w and ga w x^ (`_bwd_finalize`)."""
+def _bwd_tiles(x_ptr, g_ptr, dx_ptr, part_ptr, gamma_ptr, beta_ptr, mu_ptr, s_ptr, mean_ptr, rstd_ptr, q_ptr, N, C,
+               HW, G, CG, S, CHUNK, NCB, s_n, s_c, s_p, BC: tl.constexpr, BP: tl.constexpr, DX: tl.constexpr):
+    """Recomputes a = gamma x^ + beta and ga = g silu'(a). DX=False: per (sample, chunk, channel) sums of
+    g (z - mu), g, ga x^ and ga into part (4, N, S, C), centred on mu as ds = sum(g z) - mu sum(g) would cancel.
+    DX=True: dx = rstd (ga w - q1 - x^ q2) with w = gamma s and q the per-group means of ga w and ga w x^
+    (`_bwd_finalize`)."""
     acc = mean_ptr.dtype.element_ty
-    pid, sp = tl.program_id(0), tl.program_id(1)
-    n, cb = pid // NCB, pid % NCB
-    c = cb * BC + tl.arange(0, BC)
-    cmask = c < C
-    grp = n * G + c // CG
+    n, c, cmask, grp = _tile_rows(NCB, C, G, CG, BC)
+    sp = tl.program_id(1)
     mean = tl.load(mean_ptr + grp, mask=cmask, other=0.0)[:, None]
     r = tl.load(rstd_ptr + grp, mask=cmask, other=0.0)[:, None]
+    mu = tl.load(mu_ptr + c, mask=cmask, other=0.0).to(acc)[:, None]
     gm = tl.load(gamma_ptr + c, mask=cmask, other=0.0).to(acc)[:, None]
     bt = tl.load(beta_ptr + c, mask=cmask, other=0.0).to(acc)[:, None]
     w = gm * tl.load(s_ptr + c, mask=cmask, other=0.0).to(acc)[:, None]
@@ -167,7 +172,7 @@ def _bwd_tiles(x_ptr, g_ptr, dx_ptr, part_ptr, gamma_ptr, beta_ptr, s_ptr, mean_
         if DX:
             tl.store(dx_ptr + o, (r * (ga * w - q1 - xh * q2)).to(dx_ptr.dtype.element_ty), mask=mask)
         else:
-            s_gz += g * z
+            s_gz += g * (z - mu)
             s_g += g
             s_gax += ga * xh
             s_ga += ga
@@ -205,12 +210,11 @@ def _bwd_finalize(part_ptr, gamma_ptr, s_ptr, mu_ptr, dgamma_ptr, dbeta_ptr, dmu
             t_gax += tl.load(o + 2 * plane, mask=mask, other=0.0)
             t_ga += tl.load(o + 3 * plane, mask=mask, other=0.0)
         s = tl.load(s_ptr + c, mask=cmask, other=0.0).to(acc)
-        mu = tl.load(mu_ptr + c, mask=cmask, other=0.0).to(acc)
         sg = tl.sum(t_g, axis=0)
         tl.store(dgamma_ptr + c, tl.sum(t_gax, axis=0) * s, mask=cmask)
         tl.store(dbeta_ptr + c, tl.sum(t_ga, axis=0) * s, mask=cmask)
         tl.store(dmu_ptr + c, -s * sg, mask=cmask)
-        tl.store(ds_ptr + c, tl.sum(t_gz, axis=0) - mu * sg, mask=cmask)
+        tl.store(ds_ptr + c, tl.sum(t_gz, axis=0), mask=cmask)
     else:
         ng = pid - NCF
         n, g = ng // G, ng % G
@@ -352,14 +356,14 @@ def _backward(grad, x, gamma, beta, mu, s, mean, rstd, groups: int, need_dx: boo
     bcf, bs = min(32, _pow2(c)), _pow2(splits)
     ncf = _cdiv(c, bcf)
     with _device_guard(x):
-        _bwd_tiles[(n * ncb, splits)](xk, g, dx, part, gamma, beta, s, mean, rstd, q, *geometry, BC=bc, BP=bp,
+        _bwd_tiles[(n * ncb, splits)](xk, g, dx, part, gamma, beta, mu, s, mean, rstd, q, *geometry, BC=bc, BP=bp,
                                       DX=False)
         _bwd_finalize[(ncf + (n * groups if need_dx else 0),)](
             part, gamma, s, mu, *grads, q, n, c, hw, groups, cg, splits, ncf, BR=64, BCF=bcf, BS=bs,
             BK=max(1, min(_pow2(cg), 2048 // bs)))
         if need_dx:
-            _bwd_tiles[(n * ncb, splits)](xk, g, dx, part, gamma, beta, s, mean, rstd, q, *geometry, BC=bc, BP=bp,
-                                          DX=True)
+            _bwd_tiles[(n * ncb, splits)](xk, g, dx, part, gamma, beta, mu, s, mean, rstd, q, *geometry, BC=bc,
+                                          BP=bp, DX=True)
     return dx, *grads
 
 
