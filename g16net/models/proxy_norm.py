@@ -69,9 +69,10 @@ def _moments(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     exactly where s is large (a small spread against the mean); the shift sits inside the range of z, so
     |E z - shift| is of the order of the spread and nothing cancels.
     """
-    zk = z - z[:, z.shape[1] // 2, None]
+    shift = z[:, z.shape[1] // 2]
+    zk = z - shift[:, None]
     off = zk.mean(dim=1)
-    return z[:, z.shape[1] // 2] + off, torch.rsqrt((zk * zk).mean(dim=1) - off * off + eps)
+    return shift + off, torch.rsqrt((zk * zk).mean(dim=1) - off * off + eps)
 
 
 def proxy_moments_grad(gmu, gs, s, sums, n: int):

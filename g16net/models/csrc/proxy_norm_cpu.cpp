@@ -160,8 +160,7 @@ void backward_impl(const T* g, const T* x, const T* gamma, const T* beta, const 
 // spread and nothing cancels: with it, fp32 sums in 8 (AVX2) or 16 (AVX-512) lanes stay within 3x ATen's fp32
 // error (tests/kernel_exactness.py); double accumulators bought nothing more and made the call 1.6x slower.
 template <typename T>
-inline void proxy_sums(T ac, T bc, const T* __restrict u, int64_t n, bool all, double* out) {
-  const T k = bc * sigmoid(bc);
+inline void proxy_sums(T ac, T bc, T k, const T* __restrict u, int64_t n, bool all, double* out) {
   T sz = 0, szz = 0, sdu = 0, szdu = 0, sd = 0, szd = 0;
   if (all) {
 #pragma omp simd reduction(+ : sz, szz, sdu, szdu, sd, szd)
@@ -193,15 +192,16 @@ void proxy_moments_impl(const T* a, const T* b, const T* u, T* mu, T* s, T* sums
   at::parallel_for(0, C, 64, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double t[6];
-      proxy_sums(a[c], b[c], u, n, sums != nullptr, t);
-      const double off = t[0] / n, k = double(b[c] * sigmoid(b[c]));  // E z - k, and k as proxy_sums rounded it
+      const T k = b[c] * sigmoid(b[c]);  // silu(b): z at the median point, the shift
+      proxy_sums(a[c], b[c], k, u, n, sums != nullptr, t);
+      const double off = t[0] / n;  // E z - k
       if (sums) {
         sums[c] = T(t[2]);
         sums[C + c] = T(t[3] - off * t[2]);
         sums[2 * C + c] = T(t[4]);
         sums[3 * C + c] = T(t[5] - off * t[4]);
       }
-      mu[c] = T(k + off);
+      mu[c] = T(double(k) + off);
       s[c] = T(1.0 / std::sqrt(std::max(t[1] / n - off * off, 0.0) + eps));
     }
   });
