@@ -19,11 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from .conf_path import CONF_DIR
 from .config import ConfigError
 from .run_io import write_error
 
 log = logging.getLogger("g16net")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # conf/hydra/launcher/submitit_slurm.yaml deliberately shadows the plugin's config of that name to set our
 # defaults; Hydra 1.3 still validates it against the plugin's schema, and says so in a deprecation warning.
 warnings.filterwarnings("ignore", message=".*is validated against ConfigStore schema with the same name")
@@ -164,7 +164,7 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     return main_job(cfg)
 
