@@ -6,14 +6,18 @@ names the key, the bad value and what is allowed, instead of after an epoch.
 
 import difflib
 import functools
+import importlib
+import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .backends import Device
+from .conf_path import CONF_DIR
 from .models import check_size, create_model
 from .recipe import build_mixup, rmsprop_decay, time_scale
 
@@ -32,17 +36,33 @@ CHOICES = {
 }
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
 class ConfigError(ValueError):
     """A config value that cannot work; raised before any expensive step."""
 
 
-@functools.lru_cache(maxsize=1)
-def known_keys() -> frozenset[str]:
-    """Every dotted key some file of conf/ sets (any group option, preset or series): the keys the app reads.
-    A key outside it can only come from a `+key=value` override, and nothing would read it."""
+def config_dirs() -> tuple[Path, ...]:
+    """The app's conf/ and the folders a user put on Hydra's search path (`--config-dir`, `hydra.searchpath`)."""
+    dirs = [CONF_DIR]
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            path = None
+            if source.schema == "file":
+                path = Path(source.path)
+            elif source.schema == "pkg" and source.provider != "hydra":  # a config folder inside a user's package
+                try:
+                    path = Path(str(importlib.resources.files(source.path.replace("/", "."))))
+                except (ImportError, TypeError):
+                    path = None
+            if path is not None and path.is_dir() and path.resolve() not in dirs:
+                dirs.append(path.resolve())
+    return tuple(dirs)
+
+
+@functools.lru_cache(maxsize=8)
+def known_keys(dirs: tuple[Path, ...] = (CONF_DIR,)) -> frozenset[str]:
+    """Every dotted key some config file in `dirs` sets (any group option, preset or series): the keys the app,
+    or a user's own data source, reads. A key outside it can only come from a `+key=value` override, and nothing
+    would read it."""
     keys = set()
 
     def walk(node, prefix):
@@ -53,8 +73,8 @@ def known_keys() -> frozenset[str]:
             if isinstance(v, dict):
                 walk(v, f"{prefix}{k}.")
 
-    for path in CONF_DIR.rglob("*.yaml"):
-        group = path.parent.relative_to(CONF_DIR).as_posix()
+    for path in (p for d in dirs for p in sorted(d.rglob("*.yaml"))):
+        group = next(path.parent.relative_to(d) for d in dirs if path.is_relative_to(d)).as_posix()
         if group.split("/")[0] == "hydra":
             continue
         text = path.read_text()
@@ -69,7 +89,7 @@ def known_keys() -> frozenset[str]:
 
 def check_known_keys(cfg: DictConfig) -> None:
     """Reject keys that no config of the app sets (a misspelled `+epoch=3` would otherwise be ignored)."""
-    known = known_keys()
+    known = known_keys(config_dirs())
 
     def walk(node, prefix):
         for k in node.keys():
@@ -149,7 +169,22 @@ def check_config(cfg: DictConfig) -> None:
 
 def model_kwargs(cfg: DictConfig, num_classes: int) -> dict:
     """`create_model` arguments: the model section as it is (its keys are the function's), plus norm and classes."""
-    return {**OmegaConf.to_container(cfg.model, resolve=True), "norm": cfg.norm.name, "num_classes": num_classes}
+    return {**OmegaConf.to_container(cfg.model, resolve=True), "norm": norm_name(cfg), "num_classes": num_classes}
+
+
+def norm_name(cfg: DictConfig) -> str:
+    """`norm.name`, once the module its yaml names (`import: mypkg.mynorms`, optional) is imported: a norm of the
+    user's own registers itself there with `g16net.models.register_norm`, in every process that builds the model."""
+    module = cfg.norm.get("import")
+    if module is not None:
+        if not isinstance(module, str) or not module.strip():
+            raise ConfigError(f"norm.import={module!r} must be the dotted name of a module (e.g. mypkg.mynorms)")
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"norm.import={module!r} cannot be imported ({type(e).__name__}: {e}); it must be "
+                              "a module on the Python path that calls g16net.models.register_norm") from None
+    return cfg.norm.name
 
 
 def _resolution_list(cfg, key) -> list[int] | None:

@@ -7,16 +7,22 @@ import functools
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+
+from ..conf_path import CONF_DIR
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 MISSING = "???"  # OmegaConf's marker for a mandatory value nobody set
-CONF_DATA = Path(__file__).resolve().parents[2] / "conf" / "data"
+CONF_DATA = CONF_DIR / "data"
 # Each data source's arguments and their defaults are its conf/data/<name>.yaml, which also names its class
-# (`_target_`); nothing here repeats them.
+# (`_target_`); nothing here repeats them. NAMES are the sources this package ships; a config composed by Hydra
+# may name any other DataSource class of the user's own (its yaml in the user's config folder).
 NAMES = tuple(sorted((p.stem for p in CONF_DATA.glob("*.yaml")), key=lambda n: (n != "synthetic", n)))
+# What the run reads from every source's config, whoever wrote its yaml.
+COMMON_KEYS = ("name", "native_resolution", "half_resolution", "train_scale", "train_ratio", "mean", "std",
+               "num_workers")
 
 
 @functools.lru_cache
@@ -109,16 +115,38 @@ SYNTHETIC_CHECKS = {"train_size": (lambda v: _is_int(v) and v >= 1, "a positive 
                     "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0")}
 
 
+def _defaults(raw: dict) -> dict:
+    """The arguments the source of `raw` takes, with their defaults: a shipped source's yaml, or for a source of
+    the user's own (a `_target_` class that no shipped yaml names) the composed config itself, its yaml."""
+    name, target = raw.get("name", "synthetic"), raw.get("_target_")
+    if name in NAMES and target in (None, source_defaults(name)["_target_"]):
+        return source_defaults(name)
+    if target is None:
+        raise _err("name", name, ", ".join(NAMES) + " (the shipped sources), or a config whose _target_ names a "
+                                 "DataSource class")
+    try:
+        cls = get_class(target)
+    except Exception as e:  # noqa: BLE001  (any import failure of the user's module is the same config error)
+        raise _err("_target_", target, f"the dotted path of a DataSource class ({type(e).__name__}: {e})") from None
+    from .source import DataSource  # source.py imports this module
+
+    if not (isinstance(cls, type) and issubclass(cls, DataSource)):
+        raise _err("_target_", target, "a subclass of g16net.data.DataSource")
+    missing = [k for k in COMMON_KEYS if k not in raw]
+    if missing:
+        raise ValueError(f"data config of {target} lacks key(s) {missing}; every source's yaml sets "
+                         f"{', '.join(COMMON_KEYS)} (conf/data/synthetic.yaml shows them)")
+    return raw
+
+
 def validate(cfg) -> dict:
     """The source's defaults (its yaml) updated with `cfg`, type-checked; raises ValueError naming the first bad
     key. Keys another source takes are unknown here."""
     raw = to_dict(cfg)
-    name = raw.get("name", "synthetic")
-    if name not in NAMES:
-        raise _err("name", name, ", ".join(NAMES))
-    c = _merged("", source_defaults(name), raw, f" for data.name={name!r}")
+    defaults = _defaults(raw)
+    c = _merged("", defaults, raw, f" for data.name={raw.get('name', 'synthetic')!r}")
     if "synthetic" in c:
-        c["synthetic"] = _merged("synthetic.", source_defaults(name)["synthetic"], c["synthetic"] or {})
+        c["synthetic"] = _merged("synthetic.", defaults["synthetic"] or {}, c["synthetic"] or {})
         _check(c["synthetic"], SYNTHETIC_CHECKS, "synthetic.")
     _check(c, CHECKS)
     for key in ("native_resolution", "half_resolution"):
