@@ -4,6 +4,7 @@ Names (one conf/data/<name>.yaml each, holding the source's class and its argume
 procedurally rendered at any resolution; the default), `cifar10`, `cifar100` (torchvision, local folder),
 `imagefolder` (root/{train,val}/<class>/ or root/<class>/ + split_fraction), `imagenet` (root/train, root/val).
 All yield uint8 (3, S, S) tensors + int labels; normalise on the device with `DataSource.mean` / `.std`.
+A source of one's own is a DataSource subclass that its yaml names (`_target_`), in the user's config folder.
 """
 
 from hydra.utils import get_class

@@ -2,8 +2,8 @@
 
 An entry builds a timm-style norm+act layer: `build(num_features, apply_act, act_layer) -> nn.Module`.
 `apply_act=False` is the norm after the project 1x1 conv, where no activation follows. Adding a norm is one
-`register_norm(...)` call; `create_model(norm=...)`, the timm entry points and the Hydra `norm=` group all read
-this registry.
+`register_norm(...)` call, here or in a module of one's own that its norm yaml names (`import: mypkg.mynorms`);
+`create_model(norm=...)`, the timm entry points and the Hydra `norm=` group all read this registry.
 """
 
 from collections.abc import Callable
@@ -39,7 +39,8 @@ def register_norm(name: str, label: str, build: Callable[..., nn.Module], batch_
 
 def check_norm(norm: str) -> NormSpec:
     if norm not in NORMS:
-        raise ValueError(f"unknown norm={norm!r}; allowed: {', '.join(NORMS)}")
+        raise ValueError(f"unknown norm={norm!r}; allowed: {', '.join(NORMS)} (or one of your own, registered by "
+                         "register_norm in a module that its norm yaml names: `import: mypkg.mynorms`)")
     return NORMS[norm]
 
 
