@@ -73,13 +73,15 @@ def known_keys(dirs: tuple[Path, ...] = (CONF_DIR,)) -> frozenset[str]:
             if isinstance(v, dict):
                 walk(v, f"{prefix}{k}.")
 
-    for path in (p for d in dirs for p in sorted(d.rglob("*.yaml"))):
-        group = next(path.parent.relative_to(d) for d in dirs if path.is_relative_to(d)).as_posix()
+    for path, group in ((p, p.parent.relative_to(d).as_posix()) for d in dirs for p in sorted(d.rglob("*.yaml"))):
         if group.split("/")[0] == "hydra":
             continue
         text = path.read_text()
         package = "" if group == "." or "@package _global_" in text[:300] else group
-        node = yaml.safe_load(text) or {}
+        try:
+            node = yaml.safe_load(text) or {}
+        except yaml.YAMLError:  # a user's folder may hold other yaml; Hydra itself reports a config it cannot load
+            continue
         if isinstance(node, dict):
             walk(node, f"{package.replace('/', '.')}." if package else "")
             if package:
