@@ -2,10 +2,14 @@
 
 import csv
 import json
+import os
+import subprocess
+
+import pytest
 
 from g16net import collect, figs
 
-from .conftest import run_cli
+from .conftest import ROOT, TINY, run_cli
 
 
 def test_sweep_then_collect_then_figures(tmp_path):
@@ -31,3 +35,33 @@ def test_sweep_then_collect_then_figures(tmp_path):
                  "norm_ablation"):  # gn vs ln_pn at equal size and schedule: an ablation group exists
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 5000, f"{name}.{ext}"
+
+
+def _paper_figs_state():
+    """What a study writes (tables and figures) in the repository's paper_figs/, with modification times."""
+    return {p: p.stat().st_mtime_ns for p in (ROOT / "paper_figs").rglob("*")
+            if p.suffix in (".csv", ".png", ".pdf")}
+
+
+@pytest.mark.slow
+def test_study_script_writes_under_out_and_leaves_paper_figs_alone(tmp_path):
+    """scripts/study.sh with --out: runs, tables and figures in that folder (a relative path is the caller's),
+    nothing in the repository's paper_figs/."""
+    before = _paper_figs_state()
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh"), "norm_ablation", "cpu", "--out", "mine",
+                           *TINY, "norm=gn,ln_pn", "seed=0"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=1200, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = tmp_path / "mine"
+    assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["0", "1"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["norm"] for r in rows} == {"gn", "ln_pn"} and (out / "results_mean.csv").is_file()
+    assert (out / "figs" / "norm_ablation.png").stat().st_size > 5000
+    assert _paper_figs_state() == before
+
+
+def test_study_script_refuses_a_bad_out_before_any_run(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh"), "pareto", "cpu", "--out"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--out needs a folder" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
