@@ -55,7 +55,7 @@ def known_keys() -> frozenset[str]:
 
     for path in CONF_DIR.rglob("*.yaml"):
         group = path.parent.relative_to(CONF_DIR).as_posix()
-        if group.split("/")[0] == "hydra":
+        if group.split("/")[0] == "hydra" or (group == "." and path.stem != "train"):  # hydra's, or another app's
             continue
         text = path.read_text()
         package = "" if group == "." or "@package _global_" in text[:300] else group
