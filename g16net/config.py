@@ -74,7 +74,7 @@ def known_keys(dirs: tuple[Path, ...] = (CONF_DIR,)) -> frozenset[str]:
                 walk(v, f"{prefix}{k}.")
 
     for path, group in ((p, p.parent.relative_to(d).as_posix()) for d in dirs for p in sorted(d.rglob("*.yaml"))):
-        if group.split("/")[0] == "hydra":
+        if group.split("/")[0] == "hydra" or (group == "." and path.stem != "train"):  # hydra's, or another app's
             continue
         text = path.read_text()
         package = "" if group == "." or "@package _global_" in text[:300] else group

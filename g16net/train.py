@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from .conf_path import CONF_DIR
 from .config import ConfigError
 from .run_io import write_error
+from .sweep_report import JobFailed
 
 log = logging.getLogger("g16net")
 # conf/hydra/launcher/submitit_slurm.yaml deliberately shadows the plugin's config of that name to set our
@@ -102,9 +103,10 @@ def _hydra_files(cfg: DictConfig, hc) -> dict:
             "overrides.yaml": OmegaConf.create(list(hc.overrides.task))}
 
 
-def main_job(cfg: DictConfig) -> float | None:
-    """Run one job; in a sweep a failing job records error.json and lets the others go on. A stopped job (SIGTERM,
-    SIGINT) records why and ends the whole process with 128 + the signal number."""
+def main_job(cfg: DictConfig) -> float | JobFailed | None:
+    """Run one job; in a sweep a failing job records error.json and returns a JobFailed, so the others go on and
+    the sweep ends with a list of its failures (g16net/sweep_report.py). A stopped job (SIGTERM, SIGINT) records
+    why and ends the whole process with 128 + the signal number."""
     from .run_safety import RunDirRefused, RunStopped, launch_rank, stop_on_signals
     from .runner import run  # heavy imports after Hydra has parsed the command line
 
@@ -147,10 +149,10 @@ def main_job(cfg: DictConfig) -> float | None:
         if isinstance(e, ConfigError):
             if not sweeping:
                 sys.exit(2)
-            return None
+            return JobFailed(str(run_dir), message)
         if sweeping:
             log.error("%s", traceback.format_exc())
-            return None
+            return JobFailed(str(run_dir), message)
         raise
     if metrics is None:  # not global rank zero
         return None
@@ -165,7 +167,7 @@ def signal_name(signum: int) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | JobFailed | None:
     return main_job(cfg)
 
 

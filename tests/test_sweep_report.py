@@ -1,0 +1,56 @@
+"""A sweep with failing jobs: every job runs, then one line per failed job (its dir and error) and exit status 1,
+with Hydra's local launcher and with submitit (its local executor: each job in a process of its own, as on SLURM)."""
+
+import json
+
+import pytest
+
+from .conftest import TINY, run_cli
+
+# One job that completes in seconds; the others fail: batch 1 cannot take Mixup (found once the run has its dir),
+# epochs=0 is refused by the config check before the job dir becomes the run's.
+QUICK = [*TINY, "trainer.limit_train_batches=1", "finetune.epochs=0", "eval.before_finetune=false",
+         "throughput.enabled=false", "data.synthetic.train_size=32", "data.synthetic.val_size=16",
+         "eval.resolutions=[32]"]
+MIXUP = "Mixup/CutMix needs a per-device batch of 2 or more, got 1"
+
+
+def _summary(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("[g16net]   FAILED ")]
+
+
+def test_local_sweep_runs_every_job_then_lists_the_failed_ones(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *QUICK, "batch_size=1,16", "epochs=0,1", f"hydra.sweep.dir={sweep}"], check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    done = [i for i in range(4) if (sweep / str(i) / "metrics.json").is_file()]
+    assert len(done) == 1  # batch 16 for 1 epoch: the job after the failing ones ran to the end
+    lines = _summary(proc.stderr)
+    assert len(lines) == 3 and f"FAILED {sweep}/{done[0]}:" not in proc.stderr
+    mixup = [line for line in lines if MIXUP in line]
+    assert len(mixup) == 1 and sum("epochs=0 must be an integer >= 1" in line for line in lines) == 2
+    failed_dir = mixup[0].split("FAILED ", 1)[1].split(":", 1)[0]
+    assert json.loads((tmp_path / failed_dir / "error.json").read_text())["error"] in mixup[0]
+
+
+@pytest.mark.slow
+def test_submitit_sweep_reports_a_job_that_failed_in_its_own_process(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "hydra/launcher=submitit_local", *QUICK, "batch_size=1,16", f"hydra.sweep.dir={sweep}"],
+                   check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (sweep / "1" / "metrics.json").is_file()
+    assert _summary(proc.stderr) == [f"[g16net]   FAILED {sweep}/0: augment: {MIXUP}; change the batch size (and "
+                                     "device/replica/accumulation counts) or turn mixing off "
+                                     "(augment.mixup_alpha=0 augment.cutmix_lambda=null)"]
+
+
+@pytest.mark.slow
+def test_a_sweep_rerun_into_the_same_dir_reports_only_its_own_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    failed = run_cli(["-m", *QUICK, "epochs=0", "augment.mixup_alpha=0,0.1", f"hydra.sweep.dir={sweep}"], check=False)
+    assert failed.returncode == 1 and len(_summary(failed.stderr)) == 2
+    ok = run_cli(["-m", *QUICK, "augment.mixup_alpha=0", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=again"],
+                 check=False)
+    assert ok.returncode == 0 and not _summary(ok.stderr), ok.stderr[-3000:]
+    assert (sweep / "again" / "metrics.json").is_file()
