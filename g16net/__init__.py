@@ -1,7 +1,8 @@
 """g16net: G16-EfficientNet with batch-independent normalization and half-resolution training."""
 
+from .core.config import ConfigError
+from .core.version import __version__
 from .models import create_model, fold_for_inference
-from .run_loader import load_run
+from .run.loader import load_run, run_config
 
-__version__ = "0.1.0"
-__all__ = ["create_model", "fold_for_inference", "load_run"]
+__all__ = ["ConfigError", "__version__", "create_model", "fold_for_inference", "load_run", "run_config"]

@@ -1,6 +1,6 @@
 """`python -m g16net.eval run_dir=DIR`: evaluate a trained run (Hydra app; configs in conf/eval.yaml).
 
-The model is rebuilt from the run's config with its final weights (g16net/run_loader.py) and evaluated by the
+The model is rebuilt from the run's config with its final weights (g16net/run/loader.py) and evaluated by the
 run's backend on the run's data source (or another one), at the run's test resolutions (or others). The results go
 to an eval.json of their own; the run's files are only read. Every input is checked before the evaluation starts:
 a bad one ends with a message naming it and exit status 2.
@@ -14,8 +14,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import ConfigError, plan_run
-from .conf_path import CONF_DIR
+from .core.conf_path import CONF_DIR
+from .core.config import ConfigError, plan_run
 
 log = logging.getLogger("g16net")
 RESULT = "eval.json"
@@ -69,12 +69,12 @@ def _out_dir(cfg: DictConfig, run_dir: Path) -> Path:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Check every input, evaluate, write eval.json; returns what it wrote."""
-    from . import __version__
     from .backends import get_backend
-    from .callbacks import say
-    from .run_io import atomic_write_json
-    from .run_loader import build_model, final_weights, read_weights, run_config
-    from .runner import load_data
+    from .backends.callbacks import say
+    from .core.run_io import atomic_write_json
+    from .core.version import __version__
+    from .run.loader import build_model, final_weights, read_weights, run_config
+    from .run.runner import load_data
 
     t0 = time.time()
     run_dir = _run_dir(cfg)

@@ -19,10 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .conf_path import CONF_DIR
-from .config import ConfigError
-from .run_io import write_error
-from .sweep_report import JobFailed
+from .core.conf_path import CONF_DIR
+from .core.config import ConfigError
+from .core.run_io import write_error
+from .run.sweep_report import JobFailed
 
 log = logging.getLogger("g16net")
 # conf/hydra/launcher/submitit_slurm.yaml deliberately shadows the plugin's config of that name to set our
@@ -105,10 +105,10 @@ def _hydra_files(cfg: DictConfig, hc) -> dict:
 
 def main_job(cfg: DictConfig) -> float | JobFailed | None:
     """Run one job; in a sweep a failing job records error.json and returns a JobFailed, so the others go on and
-    the sweep ends with a list of its failures (g16net/sweep_report.py). A stopped job (SIGTERM, SIGINT) records
+    the sweep ends with a list of its failures (g16net/run/sweep_report.py). A stopped job (SIGTERM, SIGINT) records
     why and ends the whole process with 128 + the signal number."""
-    from .run_safety import RunDirRefused, RunStopped, launch_rank, stop_on_signals
-    from .runner import run  # heavy imports after Hydra has parsed the command line
+    from .core.run_safety import RunDirRefused, RunStopped, launch_rank, stop_on_signals
+    from .run.runner import run  # heavy imports after Hydra has parsed the command line
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

@@ -101,14 +101,14 @@ fi
 reserve=15  # seconds kept for the summary, which must run whatever happened before
 
 # Proxy Norm implementations: "fused" (on a GPU: plain ATen ops, as the CPU kernel does not apply there) and
-# "triton" (the fused Triton kernel) once g16net.bench knows it. The dry run measures fused only: Triton needs a
-# GPU (its interpreter runs at numpy speed); tests/test_gpu_check.py covers the two-implementation summary.
+# "triton" (the fused Triton kernel) once g16net.efficiency.bench knows it. The dry run measures fused only: Triton
+# needs a GPU (its interpreter runs at numpy speed); tests/test_gpu_check.py covers the two-implementation summary.
 impls=fused
 if [ "$dry" = 0 ]; then
-  if "$py" -c 'import sys, g16net.bench as b; sys.exit("triton" not in b.PN_IMPLS)' 2>/dev/null; then
+  if "$py" -c 'import sys, g16net.efficiency.bench as b; sys.exit("triton" not in b.PN_IMPLS)' 2>/dev/null; then
     impls=fused,triton
   else
-    echo "triton: not in g16net.bench.PN_IMPLS (or g16net.bench does not import): Proxy Norm runs as fused only"
+    echo "triton: not in g16net.efficiency.bench.PN_IMPLS (or it does not import): Proxy Norm runs as fused only"
   fi
 fi
 
@@ -176,8 +176,8 @@ for name in ("triton", "torchvision", "timm", "pytorch_lightning", "torchmetrics
         print(name, getattr(__import__(name), "__version__", "?"))
     except Exception as err:
         print(name, "MISSING:", err)
-import g16net, g16net.bench
-print("g16net", g16net.__file__, "pn impls", ",".join(g16net.bench.PN_IMPLS))
+import g16net, g16net.efficiency.bench
+print("g16net", g16net.__file__, "pn impls", ",".join(g16net.efficiency.bench.PN_IMPLS))
 print("threads", torch.get_num_threads())
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)

@@ -3,7 +3,7 @@
   python scripts/profile_step.py --device cuda --res 160 --batch 64 --out profile.txt     # GPU, bf16 autocast
   python scripts/profile_step.py --device cpu --res 32 --batch 2 --warmup 1 --steps 1      # CPU, seconds
 
-The step is the one `g16net.efficiency` times (forward + cross-entropy + backward + RMSprop-TF update) on
+The step is the one `g16net.efficiency.measure` times (forward + cross-entropy + backward + RMSprop-TF update) on
 device-resident random data, so the table explains the bench's img/s. Warmup steps run outside the profiler
 (allocator, cuDNN heuristics, Triton JIT); the table averages `--steps` profiled steps. Two tables: by self time
 (the kernels and leaf ops that cost, no double counting) and by total time (whole layers and autograd nodes, e.g.
@@ -22,7 +22,7 @@ from timm.optim import create_optimizer_v2
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import g16net  # noqa: F401  (registers our timm names)
-from g16net.bench import PN_IMPLS, set_pn_impl
+from g16net.efficiency.bench import PN_IMPLS, set_pn_impl
 
 
 def parse_args(argv=None):

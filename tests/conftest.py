@@ -29,10 +29,10 @@ def compose_cfg(overrides=(), return_hydra_config=False):
 
 
 def plan_of(cfg):
-    """The run plan of a composed config on the Lightning backend, as `g16net.runner.run` makes it."""
+    """The run plan of a composed config on the Lightning backend, as `g16net.run.runner.run` makes it."""
     from g16net.backends.lightning import LightningBackend
-    from g16net.config import plan_run
-    from g16net.runner import load_data
+    from g16net.core.config import plan_run
+    from g16net.run.runner import load_data
 
     return plan_run(cfg, load_data(cfg), LightningBackend(cfg, None).device)
 

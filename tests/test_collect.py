@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from g16net import collect as collect_mod
-from g16net.collect import collect, find_run_dirs, main, write_csv
-from g16net.results import ALL_COLUMNS, COLUMNS, MEAN_COLUMNS, aggregate, load_results
+from g16net import collect as collect_cli
+from g16net.collect import main
+from g16net.studies import collect as collect_mod
+from g16net.studies.collect import collect, find_run_dirs, write_csv
+from g16net.studies.results import ALL_COLUMNS, COLUMNS, MEAN_COLUMNS, aggregate, load_results
 
 try:  # tests/ is on sys.path under pytest's default rootdir-less import mode
     from results_fixtures import build_seed_tree, build_tree, make_metrics, make_seed_runs, write_run
@@ -260,7 +262,7 @@ def test_cli_warns_about_repeated_seeds(tmp_path, capsys):
 
 
 def test_cli_out_must_be_csv_checked_first(tree, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(collect_mod, "collect", lambda paths: pytest.fail("collected before checking --out"))
+    monkeypatch.setattr(collect_cli, "collect", lambda paths: pytest.fail("collected before checking --out"))
     with pytest.raises(SystemExit) as exc:
         main([str(tree.root), "--out", str(tmp_path / "results")])
     assert exc.value.code == 2

@@ -131,7 +131,7 @@ def test_switched_off_by_environment_and_same_results():
 def test_bench_aten_impl_switches_the_kernel_off_with_the_same_model(ops):
     """`--pn-impl aten` (the A/B of the kernel) measures the same function: same logits and gradients."""
     import g16net
-    from g16net.bench import set_pn_impl
+    from g16net.efficiency.bench import set_pn_impl
     from g16net.models import ProxyNormAct2d
 
     torch.manual_seed(0)

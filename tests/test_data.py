@@ -231,7 +231,7 @@ def test_imagefolder_split_fraction_is_deterministic_and_stratified(flat_tree):
 
 def test_imagenet_layout_and_resolutions_from_model_size(split_tree):
     """imagenet leaves its resolutions to the run plan, which reads them from the model size's row."""
-    from g16net.config import ConfigError
+    from g16net.core.config import ConfigError
 
     from .conftest import compose_cfg, plan_of
 

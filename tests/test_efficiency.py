@@ -9,7 +9,7 @@ from torch import nn
 
 import g16net
 from g16net import bench
-from g16net.efficiency import count_params, forward_macs, measure_throughput, saved_activation_bytes
+from g16net.efficiency.measure import count_params, forward_macs, measure_throughput, saved_activation_bytes
 
 
 def test_grouped_conv_macs_count_per_group():

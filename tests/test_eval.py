@@ -13,9 +13,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import g16net
-from g16net.config import ConfigError
+from g16net.core.config import ConfigError
 from g16net.eval import evaluate
-from g16net.runner import run
+from g16net.run.runner import run
 
 from .conftest import CONF, TINY, compose_cfg
 

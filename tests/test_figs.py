@@ -5,10 +5,11 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 from PIL import Image
 
-from g16net import figs
-from g16net.collect import collect, write_csv, write_tables
-from g16net.figs import main, make_figures, norm_groups, pick_rows
-from g16net.results import aggregate, load_paper_points, load_results, pareto_front
+from g16net.figs import main
+from g16net.studies import figs
+from g16net.studies.collect import collect, write_csv, write_tables
+from g16net.studies.figs import make_figures, norm_groups, pick_rows
+from g16net.studies.results import aggregate, load_paper_points, load_results, pareto_front
 
 try:  # tests/ is on sys.path under pytest's default rootdir-less import mode
     from results_fixtures import build_seed_tree, build_tree, make_metrics, make_seed_runs, write_run

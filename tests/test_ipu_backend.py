@@ -20,10 +20,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from timm.utils import ModelEmaV3
 
-import g16net.recipe as recipe
-import g16net.runner as runner
+import g16net.core.recipe as recipe
+import g16net.run.runner as runner
 from g16net.backends.ipu import IPUBackend
-from g16net.config import ConfigError
+from g16net.core.config import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fake_poptorch  # noqa: E402

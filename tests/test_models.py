@@ -11,7 +11,7 @@ from timm.models._efficientnet_blocks import SqueezeExcite
 from torch import nn
 
 import g16net
-from g16net.efficiency import count_params, forward_macs
+from g16net.efficiency.measure import count_params, forward_macs
 from g16net.models import NORMS, SIZES, GroupNormProxyAct2d, block_plan
 
 REFERENCE = {r["size"]: r for r in csv.DictReader(files("g16net").joinpath("reference/params_macs.csv").open())}

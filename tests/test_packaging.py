@@ -83,7 +83,7 @@ def test_installed_wheel_trains_from_outside_the_checkout(wheel, tmp_path):
         assert proc.returncode == 0, f"{cmd}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc.stdout
 
-    where = run(sys.executable, "-c", "import g16net.conf_path as c; print(c.CONF_DIR)").strip()
+    where = run(sys.executable, "-c", "import g16net.core.conf_path as c; print(c.CONF_DIR)").strip()
     assert Path(where) == site / "g16net" / "conf"
     assert "python -m g16net.train [key=value ...]" in run(str(site / "bin" / "g16net-train"), "--help")
     assert "\nepochs: 1\n" in run(sys.executable, "-m", "g16net.train", "debug=smoke", "--cfg", "job")

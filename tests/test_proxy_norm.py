@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import g16net
-from g16net.bench import set_pn_impl
-from g16net.efficiency import saved_activation_bytes
+from g16net.efficiency.bench import set_pn_impl
+from g16net.efficiency.measure import saved_activation_bytes
 from g16net.models import GroupNormProxyAct2d, ProxyNormAct2d, cpu_kernel, gaussian_quantiles, proxy_norm
 from g16net.models.proxy_norm import _moments, _proxy_preactivation, _ProxySiLUMoments, batched_proxy_stats
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import g16net
-from g16net.recipe import PaperMixCut, build_scheduler, param_groups, scaled_schedule
+from g16net.core.recipe import PaperMixCut, build_scheduler, param_groups, scaled_schedule
 
 
 def authors_cutmix_draws(lam: float, n: int, size: int, rng: np.random.Generator) -> tuple[float, np.ndarray]:

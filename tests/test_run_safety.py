@@ -12,12 +12,12 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from g16net.config import ConfigError, check_config
+from g16net.backends.lit_module import LitClassifier, NonFiniteLossError
+from g16net.core.config import ConfigError, check_config
+from g16net.core.run_io import atomic_write_json
+from g16net.core.run_safety import RunDirRefused
 from g16net.data.config import auto_workers
-from g16net.lit_module import LitClassifier, NonFiniteLossError
-from g16net.run_io import atomic_write_json
-from g16net.run_safety import RunDirRefused
-from g16net.runner import run
+from g16net.run.runner import run
 
 from .conftest import ROOT, TINY, compose_cfg, run_cli
 from .test_train import _image_folder
@@ -116,7 +116,7 @@ def test_resume_checks_come_first(tmp_path):
     with pytest.raises(RunDirRefused, match=r"model.size: run has 'b0', this command 'b1'"):
         run(compose_cfg([*TINY, "model.size=b1", "ckpt_path=last"]), d)
     run_ok = compose_cfg([*TINY, "ckpt_path=last", "data.num_workers=0"])  # allowed to differ on resume
-    from g16net.run_safety import config_differences
+    from g16net.core.run_safety import config_differences
 
     assert config_differences(OmegaConf.load(d / ".hydra" / "config.yaml"), run_ok) == []
 
@@ -209,7 +209,7 @@ def test_sigterm_inside_a_sweep_stops_it_non_zero_and_records_why(tmp_path):
 
 LIGHTNING_SAW_SIGTERM = """
 import sys
-from g16net.lit_module import LitClassifier
+from g16net.backends.lit_module import LitClassifier
 real = LitClassifier.training_step
 def step(self, *a, **k):  # what Lightning's SIGTERM notifier leaves when our handler's exception is lost
     self.trainer._signal_connector.received_sigterm = True

@@ -14,11 +14,12 @@ from PIL import Image
 from timm.layers import DropPath
 
 import g16net
-from g16net.config import ConfigError, check_config
-from g16net.lit_module import LitClassifier, NonFiniteLossError, finetune_modes
+from g16net.backends.lit_module import LitClassifier, NonFiniteLossError, finetune_modes
+from g16net.core.config import ConfigError, check_config
+from g16net.core.recipe import build_mixup
+from g16net.efficiency.measure import count_params
 from g16net.models import SIZES
-from g16net.recipe import build_mixup
-from g16net.runner import run
+from g16net.run.runner import run
 
 from .conftest import ROOT, TINY, compose_cfg, plan_of, run_cli
 
@@ -65,7 +66,7 @@ def test_main_job_cli_writes_the_contract(tmp_path):
     assert [r["resolution"] for r in m["eval"]] == [32, 64]
     assert [r["resolution"] for r in m["eval_before_finetune"]] == [32, 64]
     assert m["eval"][1]["macs"] > 3.5 * m["eval"][0]["macs"]  # ~4x the pixels
-    assert m["train_throughput"] > 0 and m["params"] == g16net.efficiency.count_params(
+    assert m["train_throughput"] > 0 and m["params"] == count_params(
         g16net.create_model(norm="ln_pn", num_classes=10))
     assert (tmp_path / ".hydra" / "config.yaml").exists()  # the resolved config is saved with the run
     for phase in ("train", "finetune"):

@@ -258,7 +258,7 @@ def test_opt_in_by_environment_and_bench_impl(monkeypatch):
     """Off by default; G16NET_TRITON_KERNEL=1 turns it on for new layers; `bench --pn-impl triton` sets it on every
     layer and off for the others."""
     import g16net
-    from g16net.bench import PN_IMPLS, set_pn_impl
+    from g16net.efficiency.bench import PN_IMPLS, set_pn_impl
 
     monkeypatch.delenv("G16NET_TRITON_KERNEL", raising=False)
     assert not ProxyNormAct2d(4).triton_kernel

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from g16net.config import ConfigError, model_kwargs
+from g16net.core.config import ConfigError, model_kwargs
 from g16net.data import DataSource, build_data
 from g16net.models import NORMS, create_model
 

@@ -19,7 +19,7 @@ class PipelineThroughput(pl.Callback):
     """Training img/s per device as the real loop sees it (data pipeline included, validation excluded).
 
     The first epoch is left out when there are more (worker start-up, allocator warm-up), so the figure describes
-    the steady state; `g16net.efficiency` measures model compute alone.
+    the steady state; `g16net.efficiency.measure` measures model compute alone.
     """
 
     def __init__(self):

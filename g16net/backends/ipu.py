@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..config import ConfigError, model_kwargs
-from ..lit_module import NonFiniteLossError, finetune_modes, freeze_all_but_head
+from ..core.backend_api import Device, Fitted, Phase
+from ..core.config import ConfigError, model_kwargs
+from ..core.recipe import build_ema, build_scheduler, param_groups
+from ..core.run_io import atomic_write_torch
 from ..models import create_model
-from ..on_device import Normalize, eval_metrics, scores
-from ..recipe import build_ema, build_scheduler, param_groups
-from ..run_io import atomic_write_torch
-from . import Device, Fitted, Phase
+from .lit_module import NonFiniteLossError, finetune_modes, freeze_all_but_head
+from .on_device import Normalize, eval_metrics, scores
 
 INSTALL_HELP = (
     "backend=ipu needs PopTorch, which is not importable here. PopTorch is not on PyPI: it ships inside Graphcore's "

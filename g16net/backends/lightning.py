@@ -15,12 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ..callbacks import Bar, EpochLog, EvalPipelineThroughput, PipelineThroughput
-from ..config import resolve_accelerator
-from ..efficiency import measure_throughput
-from ..lit_module import LitClassifier
-from ..run_safety import RunStopped
-from . import Device, Fitted, Phase
+from ..core.backend_api import Device, Fitted, Phase
+from ..core.config import resolve_accelerator
+from ..core.run_safety import RunStopped
+from ..efficiency.measure import measure_throughput
+from .callbacks import Bar, EpochLog, EvalPipelineThroughput, PipelineThroughput
+from .lit_module import LitClassifier
 
 # Lightning's info lines (GPU/TPU available, the litmodels tip, "fit stopped") repeat for every phase's Trainer;
 # its warnings go through `warnings` and stay visible.
@@ -110,7 +110,7 @@ class LightningBackend:
                     device_name=torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)")
 
     def throughput(self, model, proto: dict, train_res: int, test_res: list[int]) -> tuple[float, dict[int, float]]:
-        """Model compute only (g16net.efficiency's protocol)."""
+        """Model compute only (g16net.efficiency.measure's protocol)."""
         kw = dict(batch_size=proto["batch_size"], warmup=proto["warmup_steps"], steps=proto["timed_steps"],
                   precision=proto["precision"], channels_last=proto["channels_last"], compile=proto["compile"],
                   device=proto["device"])

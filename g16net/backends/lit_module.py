@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
+from ..core.recipe import build_ema, build_optimizer, build_scheduler
 from .on_device import Normalize, eval_metrics, scores
-from .recipe import build_ema, build_optimizer, build_scheduler
 
 # Eval-mode modules at fit start are by design here (the weight-average copy always; the frozen backbone while
 # finetuning), and Lightning keeps each module's mode, so its warning about them would only alarm users.

@@ -8,12 +8,12 @@ editable install finds it beside the package. A user's own config folders come o
 
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # g16net/
 
 
 def _find_conf_dir() -> Path:
     # The packaged copy first: in site-packages a stray top-level `conf/` of some other distribution may sit beside us.
-    candidates = (_HERE / "conf", _HERE.parent / "conf")
+    candidates = (_PACKAGE / "conf", _PACKAGE.parent / "conf")
     for candidate in candidates:
         if (candidate / "train.yaml").is_file():
             return candidate

@@ -16,9 +16,9 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .backends import Device
+from ..models import check_size, create_model
+from .backend_api import Device
 from .conf_path import CONF_DIR
-from .models import check_size, create_model
 from .recipe import build_mixup, rmsprop_decay, time_scale
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")

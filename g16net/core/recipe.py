@@ -14,7 +14,7 @@ from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from .models import NORMS, check_size
+from ..models import NORMS, check_size
 
 _DECAYED = (nn.modules.conv._ConvNd, nn.Linear)
 PAPER_EPOCHS = 350  # the run length the paper's time constants (warmup, LR decay period, weight average) are for

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from ..conf_path import CONF_DIR
+from ..core.conf_path import CONF_DIR
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 MISSING = "???"  # OmegaConf's marker for a mandatory value nobody set

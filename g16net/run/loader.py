@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, model_kwargs
-from .models import create_model
-from .run_io import ERROR
-from .run_safety import config_differences
+from ..core.config import ConfigError, model_kwargs
+from ..core.run_io import ERROR
+from ..core.run_safety import config_differences
+from ..models import create_model
 
 FINAL_WEIGHTS = ("finetune.pt", "train.pt")  # under checkpoints/, the first that exists
 CLASSIFIER = "classifier.weight"  # its rows are the model's classes
@@ -93,7 +93,7 @@ def build_model(cfg: DictConfig, weights: dict, source: str | Path = "the weight
 
 def load_run(run_dir: str | Path, weights: str | Path | None = None) -> torch.nn.Module:
     """The run's model, rebuilt from its `.hydra/config.yaml`, with its final weights (or the state_dict file
-    `weights`) loaded, in eval mode on the CPU. Raises g16net.config.ConfigError (a ValueError) naming what is
+    `weights`) loaded, in eval mode on the CPU. Raises g16net.core.config.ConfigError (a ValueError) naming what is
     missing or what differs."""
     cfg = run_config(run_dir)
     path = Path(weights) if weights is not None else final_weights(run_dir)

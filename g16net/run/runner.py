@@ -15,19 +15,20 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__
-from .backends import Phase, get_backend
-from .callbacks import say
-from .config import ConfigError, RunPlan, check_config, model_kwargs, plan_run
-from .data import build_data
-from .data.config import auto_workers
-from .efficiency import count_params, forward_macs
+from ..backends import get_backend
+from ..backends.callbacks import say
+from ..core.backend_api import Phase
+from ..core.config import ConfigError, RunPlan, check_config, model_kwargs, plan_run
+from ..core.metrics import EvalRow, ModelInfo, RunMetrics
+from ..core.recipe import build_mixup, scaled_schedule
+from ..core.run_io import ERROR, METRICS, atomic_write_json, atomic_write_torch
+from ..core.run_safety import claim_run_dir, config_differences
+from ..core.version import __version__
+from ..data import build_data
+from ..data.config import auto_workers
+from ..efficiency.measure import count_params, forward_macs
+from ..models import NORMS, create_model
 from .loggers import phase_logger
-from .metrics import EvalRow, ModelInfo, RunMetrics
-from .models import NORMS, create_model
-from .recipe import build_mixup, scaled_schedule
-from .run_io import ERROR, METRICS, atomic_write_json, atomic_write_torch
-from .run_safety import claim_run_dir, config_differences
 
 WALL_TIME = "wall_time.json"  # under checkpoints/: time spent by earlier segments of a resumed run
 

@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .run_io import atomic_write_json
+from ..core.run_io import atomic_write_json
 
 RECORDS = ".failed_jobs"  # under the sweep dir; hidden, so `g16net.collect` never takes it for a run
 EXIT_STATUS = 1

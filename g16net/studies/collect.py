@@ -12,30 +12,26 @@ or malformed runs are listed on stderr and skipped; they never stop the collecti
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
 import os
 import re
-import sys
 from dataclasses import fields, is_dataclass
 from numbers import Real
 from pathlib import Path
 from typing import get_args, get_origin
 
-from g16net.metrics import EvalRow, ModelInfo, RunMetrics, required
-from g16net.results import (
+from ..core.metrics import EvalRow, ModelInfo, RunMetrics, required
+from ..core.run_io import atomic_open
+from .results import (
     ALL_COLUMNS,
     MEAN_COLUMNS,
-    STD_NOTE,
     aggregate,
     assign_series,
-    duplicate_seeds,
     format_value,
     mean_table_row,
 )
-from g16net.run_io import atomic_open
 
 RUN_FIELDS, MODEL_FIELDS, EVAL_FIELDS = ({f.name for f in fields(r)} for r in (RunMetrics, ModelInfo, EvalRow))
 # Top-level config keys that say where or how a run was launched, not what was trained: runs differing only in
@@ -80,7 +76,7 @@ def _error_reason(run_dir: Path) -> str:
 
 def _problems(m: dict) -> str | None:
     """Why metrics ``m`` cannot give rows, or None if it is usable. What is required and what must be a number
-    come from the record (``g16net.metrics.RunMetrics``)."""
+    come from the record (``g16net.core.metrics.RunMetrics``)."""
     if "status" in m and m["status"] != "complete":
         return f"status is {m['status']!r}, not 'complete'"
     missing, bad = [], []
@@ -216,36 +212,3 @@ def format_skipped(skipped: list[tuple[str, str]]) -> str:
     lines = [f"{'run dir':<{width}}  reason", f"{'-' * width}  ------"]
     lines += [f"{d:<{width}}  {r}" for d, r in skipped]
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m g16net.collect", description=__doc__.split("\n")[0])
-    parser.add_argument("paths", nargs="+", help="run dirs, sweep dirs or any folder containing them")
-    parser.add_argument("--out", required=True, help="per-run CSV to write (replaced atomically); the seed "
-                        "means go next to it as <stem>_mean.csv")
-    args = parser.parse_args(argv)
-    if not str(args.out).endswith(".csv"):  # the means file is named after it
-        parser.error(f"--out must name a .csv file, got {args.out!r}")
-    try:
-        rows, skipped = collect(args.paths)
-    except FileNotFoundError as e:
-        parser.error(str(e))  # exits 2
-    if skipped:
-        print(f"skipped {len(skipped)} run(s):\n{format_skipped(skipped)}", file=sys.stderr)
-    if not rows:
-        print(f"error: no complete runs found under {', '.join(args.paths)}; {args.out} not written",
-              file=sys.stderr)
-        return 1
-    _, means, agg = write_tables(rows, args.out)
-    for cid, seed, dirs in duplicate_seeds(agg):
-        print(f"warning: config {cid} has seed {seed} in {len(dirs)} runs (repeats, not independent seeds): "
-              f"{', '.join(dirs)}", file=sys.stderr)
-    n_runs = len({r["run_dir"] for r in rows})
-    n_configs = len({(a["config_id"] or a["run_dir"], a["device"]) for a in agg})
-    print(f"wrote {len(rows)} rows from {n_runs} run(s) to {args.out}\n"
-          f"wrote {len(agg)} rows for {n_configs} configuration(s) to {means} ({STD_NOTE})", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,16 +6,14 @@
 Colour encodes (group size, norm), line style and marker the training-resolution schedule
 (Half: solid/square, Native: dashed/circle, Baseline = not finetuned: dotted/triangle).
 Filled markers joined by a line are each series' Pareto front; hollow markers are dominated.
-Runs that differ only in seed are one configuration (``g16net.results.aggregate``, as in results_mean.csv): its
+Runs that differ only in seed are one configuration (``g16net.studies.results.aggregate``, as in results_mean.csv): its
 point is the mean, with ±1 sample std (ddof=1) error bars and each seed drawn faintly; fronts use the means.
 A configuration with one seed draws as a plain point.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +21,7 @@ from matplotlib import patheffects
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
-from g16net.results import (
+from .results import (
     NORM_LABELS,
     SCHEDULE_LABELS,
     aggregate,
@@ -360,32 +358,3 @@ def make_figures(csv_path, out_dir, paper_overlay: bool = False, pick: str = "he
             print("note: no runs differ only by norm (same size, group size, expand ratio, schedule, "
                   "finetuned); norm_ablation figure skipped")
     return paths
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m g16net.figs", description=__doc__.split("\n")[0])
-    parser.add_argument("csv", nargs="?", help="results CSV from g16net.collect")
-    parser.add_argument("--out", required=True, help="output directory for PNG + PDF figures")
-    parser.add_argument("--paper-overlay", action="store_true", help="add the paper's points as side panels")
-    parser.add_argument("--pick", choices=["headline", "best"], default="headline",
-                        help="which test resolution per run: the headline one (default) or the best top-1")
-    parser.add_argument("--paper-only", action="store_true", help="draw only the paper's reference plots")
-    args = parser.parse_args(argv)
-    if args.paper_only:
-        if args.csv:
-            parser.error("--paper-only takes no results CSV")
-        paths = paper_figures(args.out)
-    else:
-        if not args.csv:
-            parser.error("a results CSV is required (or use --paper-only)")
-        try:
-            paths = make_figures(args.csv, args.out, args.paper_overlay, args.pick)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    print("\n".join(map(str, paths)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Shared helpers for results tables: column schema, series labels, CSV loading, seed aggregation, Pareto fronts.
 
 Used by ``g16net.collect`` (writes results.csv and results_mean.csv) and ``g16net.figs`` (plots them). Column types
-come from the metrics record (``g16net.metrics``), norm labels from the norm registry.
+come from the metrics record (``g16net.core.metrics``), norm labels from the norm registry.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from g16net.metrics import EvalRow, ModelInfo, RunMetrics, field_types
-from g16net.models import NORMS
+from ..core.metrics import EvalRow, ModelInfo, RunMetrics, field_types
+from ..models import NORMS
 
 # Order matters: this is the CSV header written by collect (extras follow).
 COLUMNS = [
@@ -49,7 +49,7 @@ STD_NOTE = "std = sample std (ddof=1) over seeds; blank when n=1"
 NORM_LABELS = {name: spec.label for name, spec in NORMS.items()}  # the norm registry's, in its order
 SCHEDULE_LABELS = {"half": "Half", "native": "Native"}
 
-PAPER_POINTS_CSV = Path(__file__).resolve().parent / "reference" / "paper_points.csv"
+PAPER_POINTS_CSV = Path(__file__).resolve().parents[1] / "reference" / "paper_points.csv"
 
 
 def norm_label(norm: str) -> str:
