@@ -32,7 +32,7 @@ from ..config import ConfigError, model_kwargs
 from ..lit_module import NonFiniteLossError, finetune_modes, freeze_all_but_head
 from ..models import create_model
 from ..on_device import Normalize, eval_metrics, scores
-from ..recipe import build_ema, build_scheduler, param_groups
+from ..recipe import build_ema, build_scheduler, label_smoothing, param_groups
 from ..run_io import atomic_write_torch
 from . import Device, Fitted, Phase
 
@@ -111,7 +111,7 @@ class IPUBackend:
         return net
 
     def _wrap(self, net: nn.Module, stats) -> nn.Module:
-        return _OnDevice(net, stats, self.cfg.loss.label_smoothing, self.poptorch.identity_loss)
+        return _OnDevice(net, stats, label_smoothing(self.cfg), self.poptorch.identity_loss)
 
     def _optimizer(self, net: nn.Module, ocfg, lr: float):
         pt, name, wd = self.poptorch, ocfg.name, ocfg.weight_decay
