@@ -14,8 +14,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import ConfigError, plan_run
 from .conf_path import CONF_DIR
+from .config import ConfigError, plan_run
 
 log = logging.getLogger("g16net")
 RESULT = "eval.json"
