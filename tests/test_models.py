@@ -109,7 +109,8 @@ def test_batch_independence(norm):
     (dict(group_size=12), r"group_size=12 cannot divide .* Allowed group sizes .*\[1, 2, 4, 8, 16,"),
     (dict(size="b6"), r"56-channel .* group_rule='divisor'"),
     (dict(group_rule="nearest"), "group_rule='nearest'; allowed: authors, divisor"),
-    (dict(num_classes=0), "num_classes=0"),
+    (dict(num_classes=-1), "num_classes=-1 must be >= 0"),
+    (dict(global_pool="mean"), "global_pool='mean'; allowed: 'avg', 'max'"),
 ])
 def test_bad_arguments_name_the_argument_and_allowed_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -9,7 +9,18 @@ import torch
 from PIL import Image
 
 import g16net
-from g16net.core.recipe import PaperMixCut, build_scheduler, param_groups, scaled_schedule
+from g16net.core.config import model_kwargs
+from g16net.core.recipe import (
+    PaperMixCut,
+    build_mixup,
+    build_scheduler,
+    label_smoothing,
+    param_groups,
+    regularization_scale,
+    scaled_schedule,
+)
+
+from .conftest import compose_cfg
 
 
 def authors_cutmix_draws(lam: float, n: int, size: int, rng: np.random.Generator) -> tuple[float, np.ndarray]:
@@ -138,3 +149,39 @@ def test_paper_preset_is_the_papers_recipe_unscaled(tmp_path):
     assert (plan.finetune_lr, plan.finetune_rmsprop_alpha) == (0.25, 0.96875)
     assert cfg.finetune.optimizer.name == "rmsproptf" and cfg.finetune.scheduler.name == "cosine"
     assert cfg.model.zero_init_last is False  # the authors' init; the short-run default turns it on
+    assert (regularization_scale(cfg), label_smoothing(cfg)) == (1.0, 0.1)  # the paper's regularization, unscaled
+
+
+@pytest.mark.parametrize("epochs, scale", [(8, 8 / 350), (350, 1.0), (700, 1.0)])
+def test_regularization_scales_with_the_run(epochs, scale):
+    """`regularization_scale: auto` = min(1, epochs / 350) on Mixup's alpha, the cut rate, label smoothing,
+    dropout and stochastic depth; the model is built with the scaled rates."""
+    cfg = compose_cfg([f"epochs={epochs}", "model.size=b1"])  # b1: Mixup 0.1, CutMix 0.95, dropout 0.2
+    assert regularization_scale(cfg) == pytest.approx(scale)
+    assert label_smoothing(cfg) == pytest.approx(0.1 * scale)
+    mix = build_mixup(cfg.augment, "b1", 10, label_smoothing(cfg), regularization_scale(cfg))
+    assert mix.mixup_alpha == pytest.approx(0.1 * scale) and mix.cut_scale == pytest.approx(scale)
+    model = g16net.create_model(**model_kwargs(cfg, 10))
+    assert model.drop_rate == pytest.approx(0.2 * scale)
+    drop_paths = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    blocks = len(drop_paths) + 1  # the first block has rate 0: no DropPath
+    assert max(drop_paths) == pytest.approx(0.2 * scale * (blocks - 1) / blocks, rel=1e-6)
+
+
+def test_regularization_scale_one_or_zero_by_hand():
+    cfg = compose_cfg(["regularization_scale=1"])
+    assert (regularization_scale(cfg), label_smoothing(cfg)) == (1.0, 0.1)
+    cfg = compose_cfg(["regularization_scale=0"])
+    assert build_mixup(cfg.augment, "b1", 10, label_smoothing(cfg), regularization_scale(cfg)) is None
+    assert label_smoothing(cfg) == 0.0
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.1])
+def test_cut_rate_scales(scale):
+    """The rate of cuts is the paper's (1 - no-cut rate) x scale; the cuts themselves are the paper's."""
+    torch.manual_seed(0)
+    n, lam = 4000, 0.8
+    mix = PaperMixCut(0.0, lam, num_classes=10, label_smoothing=0.0, cut_scale=scale)
+    rate = np.mean([mix.cut_box(64, 64) is not None for _ in range(n)])
+    want = scale * (1 - (1.55 * lam - 0.96))
+    assert abs(rate - want) < 4 * math.sqrt(want * (1 - want) / n)

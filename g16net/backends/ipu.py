@@ -30,7 +30,7 @@ from torch import nn
 
 from ..core.backend_api import Device, Fitted, Phase
 from ..core.config import ConfigError, model_kwargs
-from ..core.recipe import build_ema, build_scheduler, param_groups
+from ..core.recipe import build_ema, build_scheduler, label_smoothing, param_groups
 from ..core.run_io import atomic_write_torch
 from ..models import create_model
 from .lit_module import NonFiniteLossError, finetune_modes, freeze_all_but_head
@@ -111,7 +111,7 @@ class IPUBackend:
         return net
 
     def _wrap(self, net: nn.Module, stats) -> nn.Module:
-        return _OnDevice(net, stats, self.cfg.loss.label_smoothing, self.poptorch.identity_loss)
+        return _OnDevice(net, stats, label_smoothing(self.cfg), self.poptorch.identity_loss)
 
     def _optimizer(self, net: nn.Module, ocfg, lr: float):
         pt, name, wd = self.poptorch, ocfg.name, ocfg.weight_decay

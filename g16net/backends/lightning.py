@@ -17,6 +17,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..core.backend_api import Device, Fitted, Phase
 from ..core.config import resolve_accelerator
+from ..core.recipe import label_smoothing
 from ..core.run_safety import RunStopped
 from ..efficiency.measure import measure_throughput
 from .callbacks import Bar, EpochLog, EvalPipelineThroughput, PipelineThroughput
@@ -70,7 +71,7 @@ class LightningBackend:
 
     def lit(self, model, stats, **kw) -> LitClassifier:
         mean, std = stats
-        return LitClassifier(model, mean=mean, std=std, label_smoothing=self.cfg.loss.label_smoothing,
+        return LitClassifier(model, mean=mean, std=std, label_smoothing=label_smoothing(self.cfg),
                              channels_last=self.cfg.channels_last, compile=self.cfg.compile, **kw)
 
     def fit(self, model, phase: Phase, logger) -> Fitted:
@@ -78,10 +79,7 @@ class LightningBackend:
         # One plain line per epoch (logs, SLURM .out files); last.ckpt rewritten after every epoch for resuming.
         callbacks = [_epoch_checkpoint(phase.ckpt_dir), tput, EpochLog(phase.name, on_epoch_end=phase.on_epoch_end)]
         trainer = self.trainer(phase.epochs, callbacks, logger)
-        lit = self.lit(model, phase.stats, optimizer_cfg=phase.optimizer, scheduler_cfg=phase.scheduler, lr=phase.lr,
-                       epochs=phase.epochs, mixup=phase.mixup, ema_cfg=phase.ema,
-                       trainable="head" if phase.head_only else "all", recalibrate_bn=phase.recalibrate_bn,
-                       head_dropout=phase.dropout, eval_resolutions=[phase.resolution], num_classes=phase.num_classes)
+        lit = self._phase_lit(model, phase)
         with _stops_as_run_stopped():
             trainer.fit(lit, self.loader(phase.train_set, phase.batch, True),
                         self.loader(phase.val_set, self.cfg.eval_batch_size, False), ckpt_path=phase.resume)
@@ -89,6 +87,25 @@ class LightningBackend:
             model.load_state_dict(lit.ema.module.state_dict())
         model.requires_grad_(True)
         return Fitted(trainer.current_epoch, tput.img_per_s * self.device.world_size)
+
+    def _phase_lit(self, model, phase: Phase) -> LitClassifier:
+        return self.lit(model, phase.stats, optimizer_cfg=phase.optimizer, scheduler_cfg=phase.scheduler, lr=phase.lr,
+                        epochs=phase.epochs, mixup=phase.mixup, ema_cfg=phase.ema,
+                        trainable="head" if phase.head_only else "all", recalibrate_bn=phase.recalibrate_bn,
+                        head_dropout=phase.dropout, eval_resolutions=[phase.resolution], num_classes=phase.num_classes)
+
+    def lr_range_test(self, model, phase: Phase, lrs: tuple[float, float], steps: int):
+        """Lightning's LR finder on the phase as it would train (data, batch, augmentation, optimizer): the LR rises
+        exponentially from lrs[0] to lrs[1] over `steps` updates, stopping early where the loss diverges. Returns
+        Lightning's finder (results, suggestion, plot)."""
+        from pytorch_lightning.tuner import Tuner
+
+        lit = self._phase_lit(model, phase)
+        trainer = self.trainer(phase.epochs)
+        with _stops_as_run_stopped():
+            finder = Tuner(trainer).lr_find(lit, train_dataloaders=self.loader(phase.train_set, phase.batch, True),
+                                            min_lr=lrs[0], max_lr=lrs[1], num_training=steps, update_attr=False)
+        return finder
 
     def evaluate(self, model, views, stats, num_classes: int, logger) -> list[dict]:
         """views: (resolution, val dataset) pairs, all evaluated in one Lightning validation pass."""

@@ -132,7 +132,10 @@ class LitClassifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler, metric):
-        scheduler.step_update(num_updates=self.global_step)  # timm schedulers count optimizer updates
+        if hasattr(scheduler, "step_update"):
+            scheduler.step_update(num_updates=self.global_step)  # timm schedulers count optimizer updates
+        else:  # a torch scheduler, e.g. the LR finder's ramp
+            scheduler.step()
 
     # ---- evaluation ---------------------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):

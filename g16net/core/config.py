@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..models import check_size, create_model
 from .backend_api import Device
 from .conf_path import CONF_DIR
-from .recipe import build_mixup, rmsprop_decay, time_scale
+from .recipe import build_mixup, regularization_scale, rmsprop_decay, time_scale
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
@@ -158,6 +158,10 @@ def check_config(cfg: DictConfig) -> None:
     lam = cfg.augment.cutmix_lambda
     if lam not in ("auto", None) and not (isinstance(lam, (int, float)) and 0 < lam <= 1):
         raise ConfigError(f"augment.cutmix_lambda={lam!r} must be 'auto', null (off) or in (0, 1]")
+    reg = cfg.regularization_scale
+    if reg != "auto" and not (isinstance(reg, (int, float)) and not isinstance(reg, bool) and 0 <= reg <= 1):
+        raise ConfigError(f"regularization_scale={reg!r} is invalid; allowed: 'auto' (= min(1, epochs / 350)) or a "
+                          "number in [0, 1] (1 = the paper's regularization)")
     ckpt = cfg.ckpt_path
     if ckpt not in (None, "last") and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt!r} is not a file; allowed: null, 'last' (resume this run dir) or a "
@@ -171,7 +175,12 @@ def check_config(cfg: DictConfig) -> None:
 
 def model_kwargs(cfg: DictConfig, num_classes: int) -> dict:
     """`create_model` arguments: the model section as it is (its keys are the function's), plus norm and classes."""
-    return {**OmegaConf.to_container(cfg.model, resolve=True), "norm": norm_name(cfg), "num_classes": num_classes}
+    kw = OmegaConf.to_container(cfg.model, resolve=True)
+    scale = regularization_scale(cfg)
+    if scale != 1.0:  # dropout (None = the size's) and stochastic depth, scaled with the run
+        kw["drop_rate"] = scale * (check_size(kw["size"]).dropout if kw.get("drop_rate") is None else kw["drop_rate"])
+        kw["drop_path_rate"] = scale * (0.2 if kw.get("drop_path_rate") is None else kw["drop_path_rate"])
+    return {**kw, "norm": norm_name(cfg), "num_classes": num_classes}
 
 
 def norm_name(cfg: DictConfig) -> str:

@@ -27,6 +27,18 @@ def time_scale(cfg) -> float:
     return cfg.epochs / PAPER_EPOCHS if scale == "auto" else float(scale)
 
 
+def regularization_scale(cfg) -> float:
+    """The factor on the paper's regularization (Mixup, CutMix's cut rate, label smoothing, dropout, stochastic
+    depth), which is sized for 350 epochs: `regularization_scale: auto` = min(1, epochs / 350). A run that shows each
+    image a few times underfits with it (measured on small real datasets, README "Your own data")."""
+    scale = cfg.get("regularization_scale", 1)
+    return min(1.0, cfg.epochs / PAPER_EPOCHS) if scale == "auto" else float(scale)
+
+
+def label_smoothing(cfg) -> float:
+    return cfg.loss.label_smoothing * regularization_scale(cfg)
+
+
 def scaled_schedule(scheduler_cfg, ema_cfg, scale: float):
     """The scheduler and weight-average sections for a run `scale` times the paper's length: warmup and decay period
     multiplied by `scale`; the average's decay per epoch (given per paper epoch) raised to 1 / scale."""
@@ -90,9 +102,12 @@ class PaperMixCut:
     (smoothed one-hots, mixed with the same weights). Partners are the batch rolled by 2 (CutMix) and by 1 (Mixup),
     so any batch of 2 or more works. Random draws use torch's generator (seeded by the run's seed)."""
 
-    def __init__(self, mixup_alpha: float, cutmix_lambda: float | None, num_classes: int, label_smoothing: float):
+    def __init__(self, mixup_alpha: float, cutmix_lambda: float | None, num_classes: int, label_smoothing: float,
+                 cut_scale: float = 1.0):
+        """cut_scale multiplies the rate of cuts (the regularization scale)."""
         self.mixup_alpha, self.cutmix_lambda = float(mixup_alpha), cutmix_lambda
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        self.cut_scale = cut_scale
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         off = self.label_smoothing / self.num_classes
@@ -106,7 +121,10 @@ class PaperMixCut:
 
     def cut_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
         """(top, bottom, left, right) of the pasted box, or None for no cut (probability 1.55 lambda - 0.96)."""
-        if torch.rand(()).item() < 1.55 * self.cutmix_lambda - 0.96:
+        no_cut = 1.55 * self.cutmix_lambda - 0.96
+        if self.cut_scale != 1.0:
+            no_cut = 1.0 - self.cut_scale * (1.0 - no_cut)
+        if torch.rand(()).item() < no_cut:
             return None
         u = torch.empty(()).uniform_(math.exp(-4.0), 1.0).item()
         side = math.sqrt(-math.log(u) / 4.0)  # cut area 1 - kept, kept = 1 + ln(U) / 4
@@ -132,11 +150,13 @@ class PaperMixCut:
         return lx * x + (1 - lx) * x.roll(1, 0), lam.view(-1, 1) * target + (1 - lam.view(-1, 1)) * target.roll(1, 0)
 
 
-def build_mixup(cfg, size: str, num_classes: int, label_smoothing: float) -> PaperMixCut | None:
-    """cfg: augment section. mixup_alpha / cutmix_lambda "auto" = the size row's (the paper's); None when both off."""
+def build_mixup(cfg, size: str, num_classes: int, label_smoothing: float, scale: float = 1.0) -> PaperMixCut | None:
+    """cfg: augment section. mixup_alpha / cutmix_lambda "auto" = the size row's (the paper's); None when both off.
+    `scale` (the regularization scale) multiplies Mixup's alpha and the rate of cuts."""
     spec = check_size(size)
     alpha = spec.mixup_alpha if cfg.mixup_alpha == "auto" else float(cfg.mixup_alpha or 0.0)
     lam = spec.cutmix_lambda if cfg.cutmix_lambda == "auto" else cfg.cutmix_lambda
-    if alpha <= 0 and lam is None:
+    alpha *= scale
+    if (alpha <= 0 and lam is None) or scale <= 0:
         return None
-    return PaperMixCut(alpha, None if lam is None else float(lam), num_classes, label_smoothing)
+    return PaperMixCut(alpha, None if lam is None else float(lam), num_classes, label_smoothing, cut_scale=scale)

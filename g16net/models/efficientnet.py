@@ -20,14 +20,17 @@ Mixup alpha and CutMix lambda are the authors' per-size training settings (B6/B7
 values carried on); `augment.*: auto` reads them from here.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import make_divisible
+from timm.layers import create_classifier, make_divisible
+from timm.models import checkpoint_seq
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from .norms import check_norm, norm_act_factory
@@ -76,7 +79,26 @@ def check_size(size: str) -> SizeSpec:
     return SIZES[size]
 
 
+def timm_cfg(size: str) -> dict:
+    """timm's pretrained_cfg for a size (no weights exist: no url or hub id): evaluation at the native
+    resolution with ImageNet's normalization, the unpooled feature map (`pool_size`) there, the layer names that
+    timm's input-channel and classifier adaptation look for."""
+    res = check_size(size).native_res
+    return dict(
+        num_classes=1000, input_size=(3, res, res), pool_size=(math.ceil(res / 32),) * 2, crop_pct=224 / 256,
+        interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="conv_stem",
+        classifier="classifier",
+    )
+
+
 GROUP_RULES = ("authors", "divisor")
+POOLS = ("avg", "max", "avgmax", "")  # timm's global pools that keep num_features channels; "": none (NCHW out)
+
+
+def check_pool(global_pool: str) -> str:
+    if global_pool not in POOLS:
+        raise ValueError(f"unknown global_pool={global_pool!r}; allowed: {', '.join(map(repr, POOLS))}")
+    return global_pool
 
 
 def spatial_groups(channels: int, group_size: int, rule: str = "authors") -> int:
@@ -134,19 +156,24 @@ class G16EfficientNet(nn.Module):
     """EfficientNet with grouped spatial convs and an injectable norm; see the module docstring for the rule.
 
     Submodules are named so the finetuning phase can pick the head: `conv_head`, `norm_head`, `classifier`.
+    timm's model interface: `num_classes` (0: no classifier, `forward` gives the pooled features),
+    `num_features` = `head_hidden_size`, `global_pool` ("avg"; "" for the unpooled map; see `POOLS`),
+    `pretrained_cfg`/`default_cfg`, `reset_classifier`, `forward_features`/`forward_head(pre_logits=)`,
+    `forward_intermediates`/`prune_intermediate_layers`, `set_grad_checkpointing`, `group_matcher`.
     """
 
     def __init__(
         self, size: str = "b0", group_size: int = 16, expand_ratio: float = 4, norm: str = "ln_pn",
         num_classes: int = 1000, drop_rate: float | None = None, drop_path_rate: float | None = None,
-        in_chans: int = 3, group_rule: str = "authors", zero_init_last: bool = False,
+        in_chans: int = 3, group_rule: str = "authors", zero_init_last: bool = False, global_pool: str = "avg",
     ):
         super().__init__()
         spec = check_size(size)
         check_norm(norm)
         plan = _check_args(size, group_size, expand_ratio, group_rule)
-        if num_classes < 1:
-            raise ValueError(f"num_classes={num_classes} must be >= 1")
+        if num_classes < 0:
+            raise ValueError(f"num_classes={num_classes} must be >= 0 (0: no classifier, pooled features out)")
+        check_pool(global_pool)
         self.size, self.group_size, self.expand_ratio, self.norm = size, group_size, expand_ratio, norm
         self.group_rule = group_rule
         drop_rate = spec.dropout if drop_rate is None else drop_rate
@@ -164,16 +191,15 @@ class G16EfficientNet(nn.Module):
         ))
 
         self.feature_info = _feature_info(plan)
-        self.num_features = make_divisible(HEAD_CHS * spec.width, 8)
+        self.num_features = self.head_hidden_size = make_divisible(HEAD_CHS * spec.width, 8)
         self.conv_head = nn.Conv2d(plan[-1]["out_chs"], self.num_features, 1, bias=False)
         self.norm_head = norm_act(self.num_features)
         self.drop_rate = drop_rate
-        self.classifier = nn.Linear(self.num_features, num_classes)
-        self.pretrained_cfg = self.default_cfg = dict(
-            input_size=(in_chans, spec.native_res, spec.native_res), num_classes=num_classes, crop_pct=224 / 256,
-            interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-            first_conv="conv_stem", classifier="classifier",
-        )
+        self.num_classes = num_classes
+        self.global_pool, self.classifier = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.grad_checkpointing = False
+        cfg = timm_cfg(size)  # timm.create_model replaces it by the registered one (the same, with its name)
+        self.pretrained_cfg = self.default_cfg = {**cfg, "input_size": (in_chans, *cfg["input_size"][1:])}
         self.apply(_init_weights)
         if zero_init_last:
             self._zero_init_last()
@@ -199,18 +225,44 @@ class G16EfficientNet(nn.Module):
         """What native-resolution finetuning trains: head 1x1 conv, its norm (and PN params), classifier."""
         return [self.conv_head, self.norm_head, self.classifier]
 
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
-    def reset_classifier(self, num_classes: int):
-        self.classifier = nn.Linear(self.num_features, num_classes)
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
+        """A new classifier for `num_classes` (0: none); `global_pool` one of `POOLS` (None: keep the current)."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes={num_classes} must be >= 0 (0: no classifier)")
+        pool = self.global_pool.pool_type if global_pool is None else check_pool(global_pool)
+        self.num_classes = num_classes
+        self.global_pool, self.classifier = create_classifier(self.num_features, num_classes, pool_type=pool)
         _init_weights(self.classifier)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute each block in the backward instead of keeping its activations (timm's `checkpoint_seq`)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise learning-rate decay: stem, each block (each stage if `coarse`),
+        then the head."""
+        return dict(stem=r"^conv_stem|^norm_stem",
+                    blocks=[(r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)", None),
+                            (r"^conv_head|^norm_head", (99999,))])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if not tracing():  # compiled/exported graphs fuse the per-layer statistics themselves
+            if self._batch_stats(x):
                 return self._forward_features_batched(x)
         return self._forward_features(x)
+
+    @torch.jit.unused
+    def _batch_stats(self, x) -> bool:
+        """Whether to compute Proxy Norm's statistics for all layers at once: eager runs only. Compiled and exported
+        graphs fuse the per-layer statistics themselves; symbolic (fx) tracing sees a Proxy, not a tensor; under
+        gradient checkpointing a recomputed block must compute what its first run did."""
+        return not (tracing() or isinstance(x, torch.fx.Proxy) or self.grad_checkpointing)
 
     @torch.jit.unused
     def _forward_features_batched(self, x: torch.Tensor) -> torch.Tensor:
@@ -219,13 +271,59 @@ class G16EfficientNet(nn.Module):
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm_stem(self.conv_stem(x))
-        return self.norm_head(self.conv_head(self.blocks(x)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x, flatten=True)
+        else:
+            x = self.blocks(x)
+        return self.norm_head(self.conv_head(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3))
+        x = self.global_pool(x)
         if self.drop_rate > 0:
             x = nn.functional.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.classifier(x)
+
+    @torch.jit.unused
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False, stop_early: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's intermediate-feature interface: the `feature_info` maps (strides 2 to 32) that `indices` selects
+        (None: all; n: the last n; a sequence: those levels), and, unless `intermediates_only`, the
+        `forward_features` output. `stop_early` stops after the last map taken (the head runs only if every stage
+        did). `norm` is accepted for timm's signature: no final norm applies to a stage output here."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}; allowed: 'NCHW'")
+        with batched_proxy_stats(self) if self._batch_stats(x) else contextlib.nullcontext():
+            take, last = feature_take_indices(len(self.feature_info), indices)
+            take_stages = {self.feature_info[i]["stage"] for i in take}
+            n_stages = self.feature_info[last]["stage"] + 1 if stop_early or intermediates_only else len(self.blocks)
+            x = self.norm_stem(self.conv_stem(x))
+            maps = []
+            for i, stage in enumerate(self.blocks[:n_stages]):
+                x = checkpoint_seq(stage, x) if self.grad_checkpointing else stage(x)
+                if i in take_stages:
+                    maps.append(x)
+            if intermediates_only:
+                return maps
+            if n_stages == len(self.blocks):
+                x = self.norm_head(self.conv_head(x))
+            return x, maps
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop what the selected `feature_info` maps do not need: the stages after the last one and, when
+        the stages are cut, `prune_head` or `prune_norm`, the head (conv, norm, pool, classifier)."""
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        n_stages = self.feature_info[last]["stage"] + 1
+        cut = n_stages < len(self.blocks)
+        self.blocks = self.blocks[:n_stages]
+        if cut or prune_norm or prune_head:
+            self.conv_head, self.norm_head = nn.Identity(), nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+            self.reset_classifier(0, "")
+        return take
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -238,7 +336,8 @@ def _feature_info(plan: list[dict]) -> list[dict]:
         blocks = [b for b in plan if b["stage"] == stage]
         reduction *= blocks[0]["stride"]
         if stage == len(STAGES) - 1 or STAGES[stage + 1][3] > 1:
-            info.append(dict(num_chs=blocks[-1]["out_chs"], reduction=reduction, module=f"blocks.{stage}"))
+            info.append(dict(num_chs=blocks[-1]["out_chs"], reduction=reduction, module=f"blocks.{stage}",
+                             stage=stage))
     return info
 
 
@@ -262,6 +361,8 @@ def create_model(
 
     drop_rate / drop_path_rate: None = the size's dropout and 0.2. group_rule: "authors" (exact, default) or
     "divisor" (see `spatial_groups`; G16-B6 needs it). zero_init_last: residual branches start at zero (not the
-    authors' init; the training job turns it on for short runs). Raises ValueError naming a bad argument.
+    authors' init; the training job turns it on for short runs). num_classes=0: no classifier (forward gives the
+    pooled features); global_pool="" with it: the unpooled map (timm's conventions). Raises ValueError naming a
+    bad argument.
     """
     return G16EfficientNet(size, group_size, expand_ratio, norm, num_classes, drop_rate, drop_path_rate, **kw)

@@ -230,7 +230,8 @@ def _fold_head(model, folds):
     """norm_head -> mean over (H, W) -> dropout (identity in eval) -> classifier: W' = W a, bias' = bias + W b."""
     from .efficientnet import G16EfficientNet  # the head's order is this class's forward_head
 
-    if "head" not in folds or type(model) is not G16EfficientNet or not isinstance(model.classifier, nn.Linear):
+    if "head" not in folds or type(model) is not G16EfficientNet or not isinstance(model.classifier, nn.Linear) \
+            or model.global_pool.pool_type != "avg":  # a max or concatenated pool is no mean: W a, W b do not apply
         return
     ab = _affine(model.norm_head)
     if ab is None:

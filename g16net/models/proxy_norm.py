@@ -254,6 +254,9 @@ class ProxyNormAct2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The spec's formula op by op: the readable reference (GroupNormProxyAct2d runs the fast forms)."""
+        if not torch.jit.is_scripting():
+            if isinstance(x, torch.fx.Proxy):
+                return _untraced_layer(self, x)
         mu, s = self.proxy_stats()
         x32 = x.to(_compute_dtype(x.dtype))
         y = self.act(x32 * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1))
@@ -261,6 +264,18 @@ class ProxyNormAct2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, n_points={self.n_points}"
+
+
+@torch.fx.wrap
+def _untraced_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A Proxy Norm layer under torch.fx symbolic tracing: one call_function node that calls the layer itself.
+
+    Its forward picks a kernel by the input's device and reuses statistics cached on the layer, neither of which a
+    Proxy can answer or a graph record; so a traced graph runs exactly what eager runs (the CPU kernel included).
+    torch.fx.wrap makes every tracer record this call instead of entering it; timm's tracers stop one level higher,
+    at the layer (`timm_registry` lists it as a leaf module).
+    """
+    return layer(x)
 
 
 # Below this many pixels per plane (2x2 maps: the last stages at 64 px) the norm kernels' per-(sample, channel)
@@ -496,6 +511,9 @@ class GroupNormProxyAct2d(nn.Module):
         pn = self.pn
         if pn is None:
             return F.group_norm(x, self.num_groups, self.weight, None, self.eps)
+        if not torch.jit.is_scripting():
+            if isinstance(x, torch.fx.Proxy):
+                return _untraced_layer(self, x)
         if not self.fused:
             return pn(F.group_norm(x, self.num_groups, None, None, self.eps))
         if not torch.jit.is_scripting():

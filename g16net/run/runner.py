@@ -20,7 +20,7 @@ from ..backends.callbacks import say
 from ..core.backend_api import Phase
 from ..core.config import ConfigError, RunPlan, check_config, model_kwargs, plan_run
 from ..core.metrics import EvalRow, ModelInfo, RunMetrics
-from ..core.recipe import build_mixup, scaled_schedule
+from ..core.recipe import build_mixup, label_smoothing, regularization_scale, scaled_schedule
 from ..core.run_io import ERROR, METRICS, atomic_write_json, atomic_write_torch
 from ..core.run_safety import claim_run_dir, config_differences
 from ..core.version import __version__
@@ -137,21 +137,27 @@ def load_data(cfg: DictConfig):
     return data
 
 
-def train_phase(cfg: DictConfig, plan: RunPlan, data, files: "RunFiles") -> Phase:
+def _mixup(cfg: DictConfig, plan: RunPlan):
+    return build_mixup(cfg.augment, cfg.model.size, plan.num_classes, label_smoothing(cfg), regularization_scale(cfg))
+
+
+def train_phase(cfg: DictConfig, plan: RunPlan, data, files: "RunFiles | None") -> Phase:
+    """The training phase; without `files` (an LR range test) it keeps no checkpoints."""
     scheduler, ema = scaled_schedule(cfg.scheduler, cfg.ema, plan.time_scale)
     return Phase(
         "train", cfg.epochs, plan.train_res, data.train_dataset(plan.train_res), data.val_dataset(plan.train_res),
         plan.batch, (data.mean, data.std), plan.num_classes,
         optimizer=OmegaConf.merge(cfg.optimizer, {"alpha": plan.rmsprop_alpha}), lr=plan.lr, scheduler=scheduler,
-        mixup=build_mixup(cfg.augment, cfg.model.size, plan.num_classes, cfg.loss.label_smoothing),
+        mixup=_mixup(cfg, plan),
         ema=ema if cfg.ema.enabled else None, head_only=False, recalibrate_bn=False, dropout=True,
-        ckpt_dir=files.ckpt_dir / "train", resume=files.resume_from("train"), on_epoch_end=files.save_wall_time)
+        ckpt_dir=files.ckpt_dir / "train" if files else None, resume=files.resume_from("train") if files else None,
+        on_epoch_end=files.save_wall_time if files else lambda: None)
 
 
 def finetune_phase(cfg: DictConfig, plan: RunPlan, data, files: "RunFiles") -> Phase:
     f, res = cfg.finetune, plan.finetune_res
     recal = NORMS[cfg.norm.name].recalibrate_on_finetune if f.recalibrate_bn == "auto" else bool(f.recalibrate_bn)
-    mixup = build_mixup(cfg.augment, cfg.model.size, plan.num_classes, cfg.loss.label_smoothing) if f.mixup else None
+    mixup = _mixup(cfg, plan) if f.mixup else None
     return Phase(
         "finetune", f.epochs, res, data.train_dataset(res, eval_transform=f.eval_transform), data.val_dataset(res),
         plan.finetune_batch, (data.mean, data.std), plan.num_classes,
