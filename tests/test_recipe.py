@@ -154,9 +154,9 @@ def test_paper_preset_is_the_papers_recipe_unscaled(tmp_path):
 
 @pytest.mark.parametrize("epochs, scale", [(8, 8 / 350), (350, 1.0), (700, 1.0)])
 def test_regularization_scales_with_the_run(epochs, scale):
-    """`regularization_scale: auto` = min(1, epochs / 350) on Mixup's alpha, the cut rate, label smoothing,
+    """`regularization_scale=auto` = min(1, epochs / 350) on Mixup's alpha, the cut rate, label smoothing,
     dropout and stochastic depth; the model is built with the scaled rates."""
-    cfg = compose_cfg([f"epochs={epochs}", "model.size=b1"])  # b1: Mixup 0.1, CutMix 0.95, dropout 0.2
+    cfg = compose_cfg([f"epochs={epochs}", "model.size=b1", "regularization_scale=auto"])  # b1: CutMix 0.95
     assert regularization_scale(cfg) == pytest.approx(scale)
     assert label_smoothing(cfg) == pytest.approx(0.1 * scale)
     mix = build_mixup(cfg.augment, "b1", 10, label_smoothing(cfg), regularization_scale(cfg))
@@ -168,8 +168,8 @@ def test_regularization_scales_with_the_run(epochs, scale):
     assert max(drop_paths) == pytest.approx(0.2 * scale * (blocks - 1) / blocks, rel=1e-6)
 
 
-def test_regularization_scale_one_or_zero_by_hand():
-    cfg = compose_cfg(["regularization_scale=1"])
+def test_regularization_is_the_papers_by_default_or_scaled_by_hand():
+    cfg = compose_cfg([])
     assert (regularization_scale(cfg), label_smoothing(cfg)) == (1.0, 0.1)
     cfg = compose_cfg(["regularization_scale=0"])
     assert build_mixup(cfg.augment, "b1", 10, label_smoothing(cfg), regularization_scale(cfg)) is None

@@ -29,8 +29,7 @@ def time_scale(cfg) -> float:
 
 def regularization_scale(cfg) -> float:
     """The factor on the paper's regularization (Mixup, CutMix's cut rate, label smoothing, dropout, stochastic
-    depth), which is sized for 350 epochs: `regularization_scale: auto` = min(1, epochs / 350). A run that shows each
-    image a few times underfits with it (measured on small real datasets, README "Your own data")."""
+    depth), which is sized for 350 epochs: `regularization_scale` as given, or `auto` = min(1, epochs / 350)."""
     scale = cfg.get("regularization_scale", 1)
     return min(1.0, cfg.epochs / PAPER_EPOCHS) if scale == "auto" else float(scale)
 
