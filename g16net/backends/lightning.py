@@ -94,19 +94,6 @@ class LightningBackend:
                         trainable="head" if phase.head_only else "all", recalibrate_bn=phase.recalibrate_bn,
                         head_dropout=phase.dropout, eval_resolutions=[phase.resolution], num_classes=phase.num_classes)
 
-    def lr_range_test(self, model, phase: Phase, lrs: tuple[float, float], steps: int):
-        """Lightning's LR finder on the phase as it would train (data, batch, augmentation, optimizer): the LR rises
-        exponentially from lrs[0] to lrs[1] over `steps` updates, stopping early where the loss diverges. Returns
-        Lightning's finder (results, suggestion, plot)."""
-        from pytorch_lightning.tuner import Tuner
-
-        lit = self._phase_lit(model, phase)
-        trainer = self.trainer(phase.epochs)
-        with _stops_as_run_stopped():
-            finder = Tuner(trainer).lr_find(lit, train_dataloaders=self.loader(phase.train_set, phase.batch, True),
-                                            min_lr=lrs[0], max_lr=lrs[1], num_training=steps, update_attr=False)
-        return finder
-
     def evaluate(self, model, views, stats, num_classes: int, logger) -> list[dict]:
         """views: (resolution, val dataset) pairs, all evaluated in one Lightning validation pass."""
         res = [r for r, _ in views]

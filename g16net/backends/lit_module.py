@@ -132,10 +132,7 @@ class LitClassifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler, metric):
-        if hasattr(scheduler, "step_update"):
-            scheduler.step_update(num_updates=self.global_step)  # timm schedulers count optimizer updates
-        else:  # a torch scheduler, e.g. the LR finder's ramp
-            scheduler.step()
+        scheduler.step_update(num_updates=self.global_step)  # timm schedulers count optimizer updates
 
     # ---- evaluation ---------------------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):

@@ -141,8 +141,7 @@ def _mixup(cfg: DictConfig, plan: RunPlan):
     return build_mixup(cfg.augment, cfg.model.size, plan.num_classes, label_smoothing(cfg), regularization_scale(cfg))
 
 
-def train_phase(cfg: DictConfig, plan: RunPlan, data, files: "RunFiles | None") -> Phase:
-    """The training phase; without `files` (an LR range test) it keeps no checkpoints."""
+def train_phase(cfg: DictConfig, plan: RunPlan, data, files: "RunFiles") -> Phase:
     scheduler, ema = scaled_schedule(cfg.scheduler, cfg.ema, plan.time_scale)
     return Phase(
         "train", cfg.epochs, plan.train_res, data.train_dataset(plan.train_res), data.val_dataset(plan.train_res),
@@ -150,8 +149,7 @@ def train_phase(cfg: DictConfig, plan: RunPlan, data, files: "RunFiles | None") 
         optimizer=OmegaConf.merge(cfg.optimizer, {"alpha": plan.rmsprop_alpha}), lr=plan.lr, scheduler=scheduler,
         mixup=_mixup(cfg, plan),
         ema=ema if cfg.ema.enabled else None, head_only=False, recalibrate_bn=False, dropout=True,
-        ckpt_dir=files.ckpt_dir / "train" if files else None, resume=files.resume_from("train") if files else None,
-        on_epoch_end=files.save_wall_time if files else lambda: None)
+        ckpt_dir=files.ckpt_dir / "train", resume=files.resume_from("train"), on_epoch_end=files.save_wall_time)
 
 
 def finetune_phase(cfg: DictConfig, plan: RunPlan, data, files: "RunFiles") -> Phase:
