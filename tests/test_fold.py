@@ -154,8 +154,10 @@ def test_folded_model_traces_and_exports():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # jit's deprecation notices
         traced = torch.jit.trace(folded, x)
+    symbolic = torch.fx.symbolic_trace(folded)  # each folded layer is one node calling it, as the PN layers
+    assert {n.target.__name__ for n in symbolic.graph.nodes if n.op == "call_function"} >= {"_untraced_layer"}
     with torch.no_grad():
-        for captured in (exported, traced):
+        for captured in (exported, traced, symbolic):
             assert _close(captured(x), ref) and _close(captured(other), ref_other)  # a graph, not a replay
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
 from torch import nn
 
+from . import proxy_norm
 from .proxy_norm import GroupNormProxyAct2d, _channel_affine_, _compute_dtype, tracing
 
 
@@ -54,6 +55,9 @@ class GroupNormAct2d(_EvalOnly):
         self.silu = isinstance(self.act, nn.SiLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if isinstance(x, torch.fx.Proxy):  # one graph node calling this module, as the PN layers (through
+                return proxy_norm._untraced_layer(self, x)  # the module: torch.fx patches the name there only)
         dtype = _compute_dtype(x.dtype)  # as GroupNormProxyAct2d: the norm runs in (at least) fp32
         y = F.group_norm(x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype), self.eps)
         return (F.silu(y, inplace=True) if self.silu else self.act(y)).to(x.dtype)
@@ -90,6 +94,9 @@ class FoldedSqueezeExcite(_EvalOnly):
         self.register_buffer("b", b.float().view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if isinstance(x, torch.fx.Proxy):  # one graph node calling this module, as the PN layers (through
+                return proxy_norm._untraced_layer(self, x)  # the module: torch.fx patches the name there only)
         x_se = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
         g = self.gate(x_se)
         a, b = self.a.to(g.dtype), self.b.to(g.dtype)
@@ -149,6 +156,9 @@ class AffineInputConv2d(_EvalOnly):
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if isinstance(x, torch.fx.Proxy):  # one graph node calling this module, as the PN layers (through
+                return proxy_norm._untraced_layer(self, x)  # the module: torch.fx patches the name there only)
         out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
         if tracing():
             return out + self.shift_map(x.shape[2], x.shape[3], out)
