@@ -68,8 +68,8 @@ def test_requeued_slurm_job_resumes_instead_of_refusing(tmp_path):
 @pytest.mark.slow
 def test_wandb_offline_one_run_per_phase_and_no_bleed(tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli(["-m", "debug=smoke", "logger=wandb", "norm=gn,ln_pn", f"hydra.sweep.dir={sweep}"],
-            env={"WANDB_SILENT": "true"}, cwd=ROOT)
+    run_cli(["-m", "debug=smoke", "logger=wandb", "trainer.accelerator=cpu", "norm=gn,ln_pn",
+             f"hydra.sweep.dir={sweep}"], env={"WANDB_SILENT": "true"}, cwd=ROOT)
     for job in ("0", "1"):
         runs = sorted((sweep / job / "wandb").glob("offline-run-*"))
         assert len(runs) == 4, runs  # train, eval_before_finetune, finetune, eval: each its own W&B run
