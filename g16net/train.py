@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .core.conf_path import CONF_DIR
 from .core.config import ConfigError
+from .core.hydra_choices import bad_choices_exit_2
 from .core.run_io import write_error
 from .run.sweep_report import JobFailed
 
@@ -167,8 +168,13 @@ def signal_name(signum: int) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | JobFailed | None:
+def _hydra_main(cfg: DictConfig) -> float | JobFailed | None:
     return main_job(cfg)
+
+
+def main() -> float | JobFailed | None:
+    with bad_choices_exit_2():
+        return _hydra_main()
 
 
 if __name__ == "__main__":
