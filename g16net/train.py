@@ -78,7 +78,10 @@ def _resume_if_requeued(cfg: DictConfig) -> bool:
 
 
 def _last_checkpoint(run_dir: Path) -> str | None:
-    return next((str(p) for p in sorted(run_dir.glob("checkpoints/*/last.ckpt"))), None)
+    """The newest `checkpoints/<phase>/last.ckpt`: the phase that was running wrote it last, and an earlier phase's
+    stays beside it (a run stopped while finetuning has both)."""
+    found = [(p.stat().st_mtime_ns, str(p)) for p in run_dir.glob("checkpoints/*/last.ckpt")]
+    return max(found)[1] if found else None
 
 
 def _resume_command(hc, run_dir: Path) -> str:

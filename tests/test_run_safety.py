@@ -121,6 +121,22 @@ def test_resume_checks_come_first(tmp_path):
     assert config_differences(OmegaConf.load(d / ".hydra" / "config.yaml"), run_ok) == []
 
 
+def test_error_json_names_the_newest_last_checkpoint(tmp_path):
+    """A run stopped while training again after an earlier finetune (both phases hold a last.ckpt) names the
+    checkpoint written last, whatever the phases' names sort as."""
+    from g16net.train import _last_checkpoint
+
+    assert _last_checkpoint(tmp_path) is None
+    for age, phase in enumerate(("train", "finetune")):  # finetune's is the older one
+        ckpt = tmp_path / "checkpoints" / phase / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"")
+        os.utime(ckpt, (time.time() - 100 * age,) * 2)
+    assert _last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "train" / "last.ckpt")
+    os.utime(tmp_path / "checkpoints" / "finetune" / "last.ckpt")  # now the newest
+    assert _last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "finetune" / "last.ckpt")
+
+
 def test_unknown_keys_are_rejected_but_presets_compose():
     with pytest.raises(ConfigError, match=r"unknown config key 'epoch' \(value 3\).*did you mean 'epochs'"):
         check_config(compose_cfg([*TINY, "+epoch=3"]))
