@@ -111,7 +111,7 @@ def main_job(cfg: DictConfig) -> float | JobFailed | None:
     """Run one job; in a sweep a failing job records error.json and returns a JobFailed, so the others go on and
     the sweep ends with a list of its failures (g16net/run/sweep_report.py). A stopped job (SIGTERM, SIGINT) records
     why and ends the whole process with 128 + the signal number."""
-    from .core.run_safety import RunDirRefused, RunStopped, launch_rank, stop_on_signals
+    from .core.run_safety import RunDirRefused, RunStopped, launch_rank, remove_new_run_dir, stop_on_signals
     from .run.runner import run  # heavy imports after Hydra has parsed the command line
 
     hc = HydraConfig.get()
@@ -146,6 +146,8 @@ def main_job(cfg: DictConfig) -> float | JobFailed | None:
         last = _last_checkpoint(run_dir)
         if isinstance(e, RunDirRefused) or not state.get("claimed"):
             _keep_out_of(run_dir)
+            if owner:
+                remove_new_run_dir(run_dir)
         else:
             record(message)
         log.error("run failed: %s%s", message, f" (last good checkpoint: {last})" if last and state.get("claimed")

@@ -137,6 +137,27 @@ def test_error_json_names_the_newest_last_checkpoint(tmp_path):
     assert _last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "finetune" / "last.ckpt")
 
 
+def test_a_mistyped_run_dir_to_resume_is_refused_with_nothing_created(tmp_path):
+    proc = run_cli([*TINY, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'typo' / 'run'}"], check=False)
+    assert proc.returncode == 2 and "holds no checkpoints/ to resume" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # neither the run dir nor the parent Hydra made for it
+
+
+def test_only_the_dirs_hydra_made_for_a_refused_command_are_removed(tmp_path):
+    from g16net.core.run_safety import NoteNewRunDir, remove_new_run_dir
+
+    def refused(run_dir):
+        NoteNewRunDir().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(run_dir)}}}))
+        run_dir.mkdir(parents=True, exist_ok=True)  # as Hydra does next
+        remove_new_run_dir(run_dir)
+
+    (tmp_path / "mine").mkdir()  # the user's own empty dir stays, and so does a parent that holds something
+    refused(tmp_path / "mine")
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    refused(tmp_path / "mine" / "a" / "b")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["mine", "mine/notes.txt"]
+
+
 def test_unknown_keys_are_rejected_but_presets_compose():
     with pytest.raises(ConfigError, match=r"unknown config key 'epoch' \(value 3\).*did you mean 'epochs'"):
         check_config(compose_cfg([*TINY, "+epoch=3"]))
