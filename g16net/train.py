@@ -151,6 +151,7 @@ def main_job(cfg: DictConfig) -> float | JobFailed | None:
         else:
             record(message)
         log.error("run failed: %s%s", message, f" (last good checkpoint: {last})" if last and state.get("claimed")
+                  and last not in message
                   else (" (no checkpoint was written yet)" if state.get("claimed") else ""))
         if isinstance(e, ConfigError):
             if not sweeping:

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from g16net.backends.lit_module import LitClassifier, NonFiniteLossError
@@ -156,6 +157,21 @@ def test_only_the_dirs_hydra_made_for_a_refused_command_are_removed(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("x")
     refused(tmp_path / "mine" / "a" / "b")
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["mine", "mine/notes.txt"]
+
+
+def test_a_truncated_last_checkpoint_is_named_before_training(tmp_path):
+    d = tmp_path / "run"
+    last = d / "checkpoints" / "train" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "epoch": 0}, last)
+    last.write_bytes(last.read_bytes()[:1000])  # a copy cut short
+    (d / ".hydra").mkdir()
+    (d / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose_cfg(TINY)))
+    with pytest.raises(ConfigError, match=rf"{last} cannot be read \(.*zip archive.*\)\. Delete it to restart the "
+                                          r"'train' phase.*overwrite=true") as err:
+        run(compose_cfg([*TINY, "ckpt_path=last"]), d)
+    assert type(err.value) is ConfigError and "internal miniz error" not in str(err.value)
+    assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["train"]  # nothing trained, nothing saved
 
 
 def test_unknown_keys_are_rejected_but_presets_compose():
