@@ -68,12 +68,17 @@ def test_sigterm_exits_143_records_why_and_resume_keeps_history(tmp_path):
     assert "train epoch 1/3  loss" in out and "ETA" in out  # one plain line per epoch, outside a terminal
     assert "GPU available" not in out and "Tip" not in out
     rows_before = (tmp_path / "logs" / "train" / "metrics.csv").read_text().splitlines()
-    wall_before = json.loads((tmp_path / "checkpoints" / "wall_time.json").read_text())["wall_time_s"]
+    # as if the stopped segment had taken 1000 s longer: the resumed run must add it, not restart the count
+    wall = tmp_path / "checkpoints" / "wall_time.json"
+    earlier = json.loads(wall.read_text())["wall_time_s"] + 1000
+    atomic_write_json(wall, {"wall_time_s": earlier})
 
+    t0 = time.monotonic()
     resumed = run_cli([*args, "ckpt_path=last"])
+    segment = time.monotonic() - t0
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["epochs"] == 3 and not (tmp_path / "error.json").exists()
-    assert m["wall_time_s"] > wall_before  # every segment counted
+    assert earlier < m["wall_time_s"] < earlier + segment  # every segment counted, once
     rows_after = (tmp_path / "logs" / "train" / "metrics.csv").read_text().splitlines()
     assert rows_after[1:len(rows_before)] == rows_before[1:] and len(rows_after) > len(rows_before)
     assert "after finetuning: test   64 px  top-1" in resumed.stdout
