@@ -34,12 +34,15 @@ HOST_ENV = re.compile(r"(SLURM_|MASTER_|G16NET_|WANDB_|TORCHELASTIC_).*|(RANK|LO
                       r"WORLD_SIZE|LOCAL_WORLD_SIZE)")
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    """Every test, and every process it starts (they inherit os.environ), sees none of HOST_ENV: the suite gives
-    the same verdict on a laptop, a GPU node or inside a SLURM job."""
-    for name in [k for k in os.environ if HOST_ENV.fullmatch(k)]:
-        monkeypatch.delenv(name)
+@pytest.fixture(scope="session", autouse=True)
+def clean_environment():
+    """Every test and fixture (session-scoped: set up before any module's), and every process they start (they
+    inherit os.environ), sees none of HOST_ENV: the suite gives the same verdict on a laptop, a GPU node or inside
+    a SLURM job. A test's own monkeypatch.setenv still works, and is undone after it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [k for k in os.environ if HOST_ENV.fullmatch(k)]:
+            mp.delenv(name)
+        yield
 
 
 def compose_cfg(overrides=(), return_hydra_config=False):
