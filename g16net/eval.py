@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .core.conf_path import CONF_DIR
 from .core.config import ConfigError, plan_run
+from .core.hydra_choices import bad_choices_exit_2
 
 log = logging.getLogger("g16net")
 RESULT = "eval.json"
@@ -106,12 +107,17 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
     except ConfigError as e:
         log.error("eval refused: %s", e)
         sys.exit(2)
+
+
+def main() -> None:
+    with bad_choices_exit_2():
+        _hydra_main()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .core.conf_path import CONF_DIR
 from .core.config import ConfigError
+from .core.hydra_choices import bad_choices_exit_2
 from .core.run_io import write_error
 from .run.sweep_report import JobFailed
 
@@ -77,7 +78,10 @@ def _resume_if_requeued(cfg: DictConfig) -> bool:
 
 
 def _last_checkpoint(run_dir: Path) -> str | None:
-    return next((str(p) for p in sorted(run_dir.glob("checkpoints/*/last.ckpt"))), None)
+    """The newest `checkpoints/<phase>/last.ckpt`: the phase that was running wrote it last, and an earlier phase's
+    stays beside it (a run stopped while finetuning has both)."""
+    found = [(p.stat().st_mtime_ns, str(p)) for p in run_dir.glob("checkpoints/*/last.ckpt")]
+    return max(found)[1] if found else None
 
 
 def _resume_command(hc, run_dir: Path) -> str:
@@ -107,7 +111,7 @@ def main_job(cfg: DictConfig) -> float | JobFailed | None:
     """Run one job; in a sweep a failing job records error.json and returns a JobFailed, so the others go on and
     the sweep ends with a list of its failures (g16net/run/sweep_report.py). A stopped job (SIGTERM, SIGINT) records
     why and ends the whole process with 128 + the signal number."""
-    from .core.run_safety import RunDirRefused, RunStopped, launch_rank, stop_on_signals
+    from .core.run_safety import RunDirRefused, RunStopped, launch_rank, remove_new_run_dir, stop_on_signals
     from .run.runner import run  # heavy imports after Hydra has parsed the command line
 
     hc = HydraConfig.get()
@@ -142,9 +146,12 @@ def main_job(cfg: DictConfig) -> float | JobFailed | None:
         last = _last_checkpoint(run_dir)
         if isinstance(e, RunDirRefused) or not state.get("claimed"):
             _keep_out_of(run_dir)
+            if owner:
+                remove_new_run_dir(run_dir)
         else:
             record(message)
         log.error("run failed: %s%s", message, f" (last good checkpoint: {last})" if last and state.get("claimed")
+                  and last not in message
                   else (" (no checkpoint was written yet)" if state.get("claimed") else ""))
         if isinstance(e, ConfigError):
             if not sweeping:
@@ -167,8 +174,13 @@ def signal_name(signum: int) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | JobFailed | None:
+def _hydra_main(cfg: DictConfig) -> float | JobFailed | None:
     return main_job(cfg)
+
+
+def main() -> float | JobFailed | None:
+    with bad_choices_exit_2():
+        return _hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared fixtures: compose the real Hydra config (as lightning-hydra-template's tests do) and run the real job."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,30 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
-# Small enough for seconds per run on 2 CPU cores; still every phase (train, eval, finetune, eval, throughput).
-TINY = ["debug=smoke", "logger=none"]
+# Small enough for seconds per run on 2 CPU cores; still every phase (train, eval, finetune, eval, throughput). On
+# the CPU even where a GPU is visible: the tests expect fp32 and bit-identical reruns, which bf16 on a GPU is not.
+TINY = ["debug=smoke", "logger=none", "trainer.accelerator=cpu"]
+# One job that completes in seconds: a single training step, no finetuning, one test resolution.
+QUICK = [*TINY, "trainer.limit_train_batches=1", "finetune.epochs=0", "eval.before_finetune=false",
+         "throughput.enabled=false", "data.synthetic.train_size=32", "data.synthetic.val_size=16",
+         "eval.resolutions=[32]"]
+
+# What a job manager or launcher leaves in the environment, and this project's and W&B's switches: inside a SLURM
+# job, SLURM_RESTART_COUNT turns every fresh run into a resume and SLURM_NTASKS makes Lightning expect srun's ranks;
+# a stray G16NET_CPU_KERNEL=0 or WANDB_MODE=online changes what runs. A test that needs one sets it itself.
+HOST_ENV = re.compile(r"(SLURM_|MASTER_|G16NET_|WANDB_|TORCHELASTIC_).*|(RANK|LOCAL_RANK|GROUP_RANK|NODE_RANK|"
+                      r"WORLD_SIZE|LOCAL_WORLD_SIZE)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_environment():
+    """Every test and fixture (session-scoped: set up before any module's), and every process they start (they
+    inherit os.environ), sees none of HOST_ENV: the suite gives the same verdict on a laptop, a GPU node or inside
+    a SLURM job. A test's own monkeypatch.setenv still works, and is undone after it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [k for k in os.environ if HOST_ENV.fullmatch(k)]:
+            mp.delenv(name)
+        yield
 
 
 def compose_cfg(overrides=(), return_hydra_config=False):

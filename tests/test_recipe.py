@@ -130,6 +130,12 @@ def test_short_runs_keep_the_papers_schedule_shape(epochs):
     assert max(lrs) == pytest.approx(plan.lr, rel=1e-6) and lrs[warmup] >= 0.9 * plan.lr
     assert lrs[0] < 0.2 * plan.lr
     assert lrs[-1] / plan.lr == pytest.approx(0.97 ** (350 / 2.4), rel=0.1)
+    # A staircase, not a smooth decay: after warmup the LR holds, then drops by exactly 0.97, every 2.4 paper epochs
+    drops = [i for i in range(warmup + 1, len(lrs)) if lrs[i] != lrs[i - 1]]
+    assert all(lrs[i] / lrs[i - 1] == pytest.approx(0.97, rel=1e-9) for i in drops)
+    stair = 2.4 / 350 * epochs * steps  # in steps
+    assert all(abs((b - a) - stair) <= 1 for a, b in zip(drops, drops[1:])) and len(drops) >= 140
+    assert lrs[-1] / plan.lr == pytest.approx(0.97 ** len(drops) * lrs[warmup + 1] / plan.lr, rel=1e-9)
     _, ema = scaled_schedule(cfg.scheduler, cfg.ema, plan.time_scale)
     assert ema.decay == pytest.approx(0.97 ** (350 / epochs))
     assert plan.rmsprop_alpha == 1 - 768 / 16384 and plan.finetune_rmsprop_alpha == 1 - 512 / 16384

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from g16net.backends.lit_module import LitClassifier, NonFiniteLossError
@@ -67,12 +68,17 @@ def test_sigterm_exits_143_records_why_and_resume_keeps_history(tmp_path):
     assert "train epoch 1/3  loss" in out and "ETA" in out  # one plain line per epoch, outside a terminal
     assert "GPU available" not in out and "Tip" not in out
     rows_before = (tmp_path / "logs" / "train" / "metrics.csv").read_text().splitlines()
-    wall_before = json.loads((tmp_path / "checkpoints" / "wall_time.json").read_text())["wall_time_s"]
+    # as if the stopped segment had taken 1000 s longer: the resumed run must add it, not restart the count
+    wall = tmp_path / "checkpoints" / "wall_time.json"
+    earlier = json.loads(wall.read_text())["wall_time_s"] + 1000
+    atomic_write_json(wall, {"wall_time_s": earlier})
 
+    t0 = time.monotonic()
     resumed = run_cli([*args, "ckpt_path=last"])
+    segment = time.monotonic() - t0
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["epochs"] == 3 and not (tmp_path / "error.json").exists()
-    assert m["wall_time_s"] > wall_before  # every segment counted
+    assert earlier < m["wall_time_s"] < earlier + segment  # every segment counted, once
     rows_after = (tmp_path / "logs" / "train" / "metrics.csv").read_text().splitlines()
     assert rows_after[1:len(rows_before)] == rows_before[1:] and len(rows_after) > len(rows_before)
     assert "after finetuning: test   64 px  top-1" in resumed.stdout
@@ -119,6 +125,58 @@ def test_resume_checks_come_first(tmp_path):
     from g16net.core.run_safety import config_differences
 
     assert config_differences(OmegaConf.load(d / ".hydra" / "config.yaml"), run_ok) == []
+
+
+def test_error_json_names_the_newest_last_checkpoint(tmp_path):
+    """A run stopped while training again after an earlier finetune (both phases hold a last.ckpt) names the
+    checkpoint written last, whatever the phases' names sort as."""
+    from g16net.train import _last_checkpoint
+
+    assert _last_checkpoint(tmp_path) is None
+    for age, phase in enumerate(("train", "finetune")):  # finetune's is the older one
+        ckpt = tmp_path / "checkpoints" / phase / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"")
+        os.utime(ckpt, (time.time() - 100 * age,) * 2)
+    assert _last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "train" / "last.ckpt")
+    os.utime(tmp_path / "checkpoints" / "finetune" / "last.ckpt")  # now the newest
+    assert _last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "finetune" / "last.ckpt")
+
+
+def test_a_mistyped_run_dir_to_resume_is_refused_with_nothing_created(tmp_path):
+    proc = run_cli([*TINY, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'typo' / 'run'}"], check=False)
+    assert proc.returncode == 2 and "holds no checkpoints/ to resume" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # neither the run dir nor the parent Hydra made for it
+
+
+def test_only_the_dirs_hydra_made_for_a_refused_command_are_removed(tmp_path):
+    from g16net.core.run_safety import NoteNewRunDir, remove_new_run_dir
+
+    def refused(run_dir):
+        NoteNewRunDir().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(run_dir)}}}))
+        run_dir.mkdir(parents=True, exist_ok=True)  # as Hydra does next
+        remove_new_run_dir(run_dir)
+
+    (tmp_path / "mine").mkdir()  # the user's own empty dir stays, and so does a parent that holds something
+    refused(tmp_path / "mine")
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    refused(tmp_path / "mine" / "a" / "b")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["mine", "mine/notes.txt"]
+
+
+def test_a_truncated_last_checkpoint_is_named_before_training(tmp_path):
+    d = tmp_path / "run"
+    last = d / "checkpoints" / "train" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "epoch": 0}, last)
+    last.write_bytes(last.read_bytes()[:1000])  # a copy cut short
+    (d / ".hydra").mkdir()
+    (d / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose_cfg(TINY)))
+    with pytest.raises(ConfigError, match=rf"{last} cannot be read \(.*zip archive.*\)\. Delete it to restart the "
+                                          r"'train' phase.*overwrite=true") as err:
+        run(compose_cfg([*TINY, "ckpt_path=last"]), d)
+    assert type(err.value) is ConfigError and "internal miniz error" not in str(err.value)
+    assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["train"]  # nothing trained, nothing saved
 
 
 def test_unknown_keys_are_rejected_but_presets_compose():

@@ -5,13 +5,10 @@ import json
 
 import pytest
 
-from .conftest import TINY, run_cli
+from .conftest import QUICK, run_cli
 
-# One job that completes in seconds; the others fail: batch 1 cannot take Mixup (found once the run has its dir),
-# epochs=0 is refused by the config check before the job dir becomes the run's.
-QUICK = [*TINY, "trainer.limit_train_batches=1", "finetune.epochs=0", "eval.before_finetune=false",
-         "throughput.enabled=false", "data.synthetic.train_size=32", "data.synthetic.val_size=16",
-         "eval.resolutions=[32]"]
+# Sweeps of QUICK: one job completes in seconds; the others fail: batch 1 cannot take Mixup (found once the run has
+# its dir), epochs=0 is refused by the config check before the job dir becomes the run's.
 MIXUP = "Mixup/CutMix needs a per-device batch of 2 or more, got 1"
 
 

@@ -202,7 +202,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' is not a file"),
 ])
 def test_bad_config_fails_before_training(tmp_path, overrides, message):
-    with pytest.raises((ConfigError, ValueError, FileNotFoundError), match=message):
+    with pytest.raises(ConfigError, match=message):  # exits 2; a plain ValueError or OSError would exit 1
         run(compose_cfg([*TINY, *overrides]), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
@@ -215,7 +215,9 @@ def test_cli_errors_are_clear_and_early(tmp_path):
     assert proc.returncode == 2 and str(empty) in proc.stderr + proc.stdout
     assert json.loads((tmp_path / "r1" / "error.json").read_text())["status"] == "failed"
     proc = run_cli([*TINY, "norm=batchnorm", f"hydra.run.dir={tmp_path / 'r2'}"], check=False)
-    assert proc.returncode != 0 and "norm/batchnorm" in proc.stderr and "ln_pn" in proc.stderr
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "norm=batchnorm is not allowed; allowed: bn, evos0, gn, gn_pn, ln, ln_pn" in proc.stderr
+    assert not (tmp_path / "r2").exists()
 
 
 def test_corrupt_image_is_named_before_training(tmp_path):
@@ -224,7 +226,7 @@ def test_corrupt_image_is_named_before_training(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     cfg = compose_cfg([*TINY, "data=imagefolder", f"data.root={root}", "data.native_resolution=64",
                        "data.half_resolution=32", "data.num_workers=0"])
-    with pytest.raises(ValueError, match="3.png"):
+    with pytest.raises(ConfigError, match="3.png"):  # exit 2, as every bad input; a plain ValueError would exit 1
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -13,6 +13,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
@@ -22,6 +23,31 @@ RESULTS = (METRICS, ERROR, "checkpoints", "logs", ".hydra", "wandb")  # plus the
 # Keys a resume may change: where the data lives and how it is read, not what is trained.
 RESUME_MAY_CHANGE = ("ckpt_path", "overwrite", "data.root", "data.num_workers", "data.download",
                      "data.verify_images", "trainer.progress_bar", "logger", "throughput")
+
+
+class NoteNewRunDir(Callback):
+    """Hydra makes the run dir (and its missing parents) before the app can check the command: note which of them
+    do not exist yet, so that a refused command (a mistyped `hydra.run.dir` with `ckpt_path=last`, say) can remove
+    them again with `remove_new_run_dir` and leave no empty directory behind. A hydra.callbacks entry of
+    conf/train.yaml; sweeps' job dirs are left as they are."""
+
+    made: tuple[Path, ...] = ()  # read by the app, in the process that runs the job
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        run_dir = Path(str(config.hydra.run.dir)).absolute()
+        NoteNewRunDir.made = tuple(p for p in (run_dir, *run_dir.parents) if not p.exists())
+
+
+def remove_new_run_dir(run_dir: Path) -> None:
+    """Remove `run_dir` and the parents Hydra made for it, while they are empty (nothing of anyone's is lost)."""
+    made = NoteNewRunDir.made
+    if not made or made[0] != Path(run_dir).absolute():
+        return
+    for d in made:
+        try:
+            d.rmdir()  # only an empty directory; stops at the first that holds anything
+        except OSError:
+            return
 
 
 class RunDirRefused(ConfigError):

@@ -187,8 +187,25 @@ class RunFiles:
         ckpt = self.cfg.ckpt_path
         if ckpt == "last":
             last = self.ckpt_dir / phase / "last.ckpt"
-            return str(last) if last.exists() else None
+            if not last.exists():
+                return None
+            self._check_readable(phase, last)
+            return str(last)
         return ckpt if phase == "train" else None
+
+    @staticmethod
+    def _check_readable(phase: str, last: Path):
+        """A damaged last.ckpt (a copy cut short, a full disk outside the atomic write) is named with what to do,
+        before the phase starts, instead of torch's reader error from inside Lightning. mmap: the tensors are not
+        read, only the archive's index and the pickled state."""
+        try:
+            torch.load(last, map_location="cpu", weights_only=False, mmap=True)  # the run's own file
+        except Exception as err:  # noqa: BLE001  (any reader error means the same to the user)
+            reason = str(err).strip().split(". ")[0] or type(err).__name__  # torch's advice that follows is generic
+            raise ConfigError(f"ckpt_path=last: {last} cannot be read ({reason}). Delete it to restart the "
+                              f"'{phase}' phase from its first epoch (finished phases are kept), or start the run "
+                              "again with overwrite=true instead of ckpt_path=last (its files move to "
+                              "previous-*/)") from None
 
     def finished(self, phase: str, model) -> dict | None:
         """A phase an earlier segment of this run finished: its weights loaded into `model`, its summary."""
