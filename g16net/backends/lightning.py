@@ -79,7 +79,10 @@ class LightningBackend:
         # One plain line per epoch (logs, SLURM .out files); last.ckpt rewritten after every epoch for resuming.
         callbacks = [_epoch_checkpoint(phase.ckpt_dir), tput, EpochLog(phase.name, on_epoch_end=phase.on_epoch_end)]
         trainer = self.trainer(phase.epochs, callbacks, logger)
-        lit = self._phase_lit(model, phase)
+        lit = self.lit(model, phase.stats, optimizer_cfg=phase.optimizer, scheduler_cfg=phase.scheduler, lr=phase.lr,
+                       epochs=phase.epochs, mixup=phase.mixup, ema_cfg=phase.ema,
+                       trainable="head" if phase.head_only else "all", recalibrate_bn=phase.recalibrate_bn,
+                       head_dropout=phase.dropout, eval_resolutions=[phase.resolution], num_classes=phase.num_classes)
         with _stops_as_run_stopped():
             trainer.fit(lit, self.loader(phase.train_set, phase.batch, True),
                         self.loader(phase.val_set, self.cfg.eval_batch_size, False), ckpt_path=phase.resume)
@@ -87,12 +90,6 @@ class LightningBackend:
             model.load_state_dict(lit.ema.module.state_dict())
         model.requires_grad_(True)
         return Fitted(trainer.current_epoch, tput.img_per_s * self.device.world_size)
-
-    def _phase_lit(self, model, phase: Phase) -> LitClassifier:
-        return self.lit(model, phase.stats, optimizer_cfg=phase.optimizer, scheduler_cfg=phase.scheduler, lr=phase.lr,
-                        epochs=phase.epochs, mixup=phase.mixup, ema_cfg=phase.ema,
-                        trainable="head" if phase.head_only else "all", recalibrate_bn=phase.recalibrate_bn,
-                        head_dropout=phase.dropout, eval_resolutions=[phase.resolution], num_classes=phase.num_classes)
 
     def evaluate(self, model, views, stats, num_classes: int, logger) -> list[dict]:
         """views: (resolution, val dataset) pairs, all evaluated in one Lightning validation pass."""

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..models import check_size, create_model
+from ..models.efficientnet import DROP_PATH_RATE
 from .backend_api import Device
 from .conf_path import CONF_DIR
 from .recipe import build_mixup, regularization_scale, rmsprop_decay, time_scale
@@ -179,7 +180,7 @@ def model_kwargs(cfg: DictConfig, num_classes: int) -> dict:
     scale = regularization_scale(cfg)
     if scale != 1.0:  # dropout (None = the size's) and stochastic depth, scaled with the run
         kw["drop_rate"] = scale * (check_size(kw["size"]).dropout if kw.get("drop_rate") is None else kw["drop_rate"])
-        kw["drop_path_rate"] = scale * (0.2 if kw.get("drop_path_rate") is None else kw["drop_path_rate"])
+        kw["drop_path_rate"] = scale * (DROP_PATH_RATE if kw.get("drop_path_rate") is None else kw["drop_path_rate"])
     return {**kw, "norm": norm_name(cfg), "num_classes": num_classes}
 
 

@@ -152,6 +152,9 @@ def _check_args(size: str, group_size: int, expand_ratio: float, group_rule: str
     return plan
 
 
+DROP_PATH_RATE = 0.2  # stochastic depth at the last block when none is given (the authors')
+
+
 class G16EfficientNet(nn.Module):
     """EfficientNet with grouped spatial convs and an injectable norm; see the module docstring for the rule.
 
@@ -177,7 +180,7 @@ class G16EfficientNet(nn.Module):
         self.size, self.group_size, self.expand_ratio, self.norm = size, group_size, expand_ratio, norm
         self.group_rule = group_rule
         drop_rate = spec.dropout if drop_rate is None else drop_rate
-        drop_path_rate = 0.2 if drop_path_rate is None else drop_path_rate
+        drop_path_rate = DROP_PATH_RATE if drop_path_rate is None else drop_path_rate
         norm_act = norm_act_factory(norm, nn.SiLU)
 
         stem_chs = plan[0]["in_chs"]
