@@ -3,8 +3,8 @@ is checked as written, and every relative link and image resolves.
 
 - `python -m g16net.train ...` (or `g16net-train`) composes with Hydra from the package's conf/ and passes
   `check_config`, the checks a run makes before any data is read. A sweep (`-m`) is checked once per value of each
-  swept key. A line with `--config-dir` names a user's folder that is not here, so only its override grammar is
-  parsed.
+  swept key. A `--config-dir` folder that the docs write out file by file is built from them and composed with;
+  one they only sketch is not here, so only the line's override grammar is parsed.
 - `python -m g16net.eval ...` composes `conf/eval.yaml` (the run dir it names does not exist here).
 - `python -m g16net.collect|figs|bench ...`, `python scripts/<x>.py ...`: their argparse parsers accept the
   arguments (parsing stops before any work).
@@ -19,6 +19,7 @@ import re
 import runpy
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -140,13 +141,34 @@ def _split_flags(args, with_value):
     return flags, overrides
 
 
-def _check_train(args):
+def _documented_config_dirs(tmp_path):
+    """The config folders the docs build file by file (a yaml block right after its path in backticks), written
+    under tmp_path: {folder as the docs name it: its copy}."""
+    dirs = {}
+    for path in DOC_FILES:
+        if not path.exists():
+            continue
+        for m in re.finditer(r"`([\w.-]+)/([\w/.-]+\.yaml)`[^\n]*:\n\n```yaml\n(.*?)```", path.read_text(), re.S):
+            folder, rel, body = m.groups()
+            dest = tmp_path / "docs_config_dirs" / folder / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(body)
+            dirs[folder] = dest.parents[len(Path(rel).parts) - 1]
+    return dirs
+
+
+def _check_train(args, config_dirs=None):
     flags, overrides = _split_flags(args, with_value=("--config-dir", "-cd", "--cfg", "-c", "--info"))
     multirun = "-m" in flags or "--multirun" in flags
     flags = [f for f in flags if f not in ("-m", "--multirun")]
-    if any(f in ("--config-dir", "-cd") or f.startswith("--config-dir=") for f in flags):
-        OverridesParser.create().parse_overrides(overrides)  # a user's folder, not here: the grammar only
-        return
+    given = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")]
+    if given:
+        if not all(d in (config_dirs or {}) for d in given):
+            OverridesParser.create().parse_overrides(overrides)  # a user's folder the docs only sketch: grammar
+            return
+        search = ",".join(f"file://{config_dirs[d]}" for d in given)
+        overrides = [f"hydra.searchpath=[{search}]", *overrides]
+        flags = [f for f in flags if f not in ("--config-dir", "-cd")]
     assert set(flags) <= {"--help", "--cfg", "--info", "--resolve"}, f"unexpected flags {flags}"
     variants = _sweep_variants(overrides) if multirun else [overrides]
     for variant in variants:
@@ -203,7 +225,7 @@ def _check_script(monkeypatch, argv):
 
 
 @pytest.mark.parametrize("argv", _commands())
-def test_documented_command_runs_as_written(argv, monkeypatch):
+def test_documented_command_runs_as_written(argv, monkeypatch, tmp_path):
     module, args = _module(argv)
     if module is None:
         _check_script(monkeypatch, argv)  # anything else (pip, pytest, tmux, ...) is not ours to check
@@ -214,7 +236,7 @@ def test_documented_command_runs_as_written(argv, monkeypatch):
     if args in ([], ["--help"]):
         return
     if module == "train":
-        _check_train(args)
+        _check_train(args, _documented_config_dirs(tmp_path))
     elif module == "eval":
         _check_eval(args)
     elif module in ARGPARSE_CLIS:
