@@ -59,9 +59,10 @@ def _assert_contract(m):
 
 
 def test_main_job_cli_writes_the_contract(tmp_path):
-    run_cli(["debug=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"])
+    out = run_cli(["debug=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"]).stdout
     m = _metrics(tmp_path)
     _assert_contract(m)
+    assert "training updates; the short-run recipe" not in out  # a run cut short on purpose gets no advice
     assert (m["schedule"], m["finetuned"], m["train_resolution"], m["headline_resolution"]) == ("half", True, 32, 64)
     assert [r["resolution"] for r in m["eval"]] == [32, 64]
     assert [r["resolution"] for r in m["eval_before_finetune"]] == [32, 64]
@@ -72,6 +73,14 @@ def test_main_job_cli_writes_the_contract(tmp_path):
     for phase in ("train", "finetune"):
         assert (tmp_path / "checkpoints" / f"{phase}.pt").exists()
         assert (tmp_path / "logs" / phase / "metrics.csv").exists()
+
+
+def test_a_run_with_few_updates_says_how_many_epochs_reach_the_measured_budget(tmp_path):
+    out = run_cli([*TINY, "trainer.limit_train_batches=1.0", "data.synthetic.train_size=64", "batch_size=16",
+                   "epochs=2", "finetune.epochs=0", "eval.before_finetune=false", "throughput.enabled=false",
+                   "eval.resolutions=[32]", f"hydra.run.dir={tmp_path}"]).stdout
+    assert "note: 8 training updates; the short-run recipe was measured at 1000" in out  # 64 / 16 x 2 epochs
+    assert "epochs=250 gives that many" in out
 
 
 @pytest.mark.parametrize("size", ["b0", "b1", "b2", "b3", "b4", "b5"])

@@ -8,6 +8,7 @@ phase-aware: a finished phase leaves `checkpoints/<phase>.pt` and `<phase>.json`
 """
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ..backends.callbacks import say
 from ..core.backend_api import Phase
 from ..core.config import ConfigError, RunPlan, check_config, model_kwargs, plan_run
 from ..core.metrics import EvalRow, ModelInfo, RunMetrics
-from ..core.recipe import build_mixup, label_smoothing, regularization_scale, scaled_schedule
+from ..core.recipe import SHORT_RUN_UPDATES, build_mixup, label_smoothing, regularization_scale, scaled_schedule
 from ..core.run_io import ERROR, METRICS, atomic_write_json, atomic_write_torch
 from ..core.run_safety import claim_run_dir, config_differences
 from ..core.version import __version__
@@ -63,6 +64,12 @@ def run(cfg: DictConfig, run_dir: Path, requeued: bool = False, hydra_files: dic
                               "size or use more data")
         say(f"== {name}: {phase.epochs} epoch(s) at {phase.resolution} px"
             + (f", resuming from {phase.resume}" if phase.resume else ""), files.is_global_zero)
+        updates = len(phase.train_set) // cfg.batch_size * phase.epochs  # the global batch: one update
+        full = cfg.trainer.get("limit_train_batches") in (None, 1.0)  # not a debug run cut short on purpose
+        if name == "train" and full and updates < SHORT_RUN_UPDATES:
+            say(f"   note: {updates} training updates; the short-run recipe was measured at {SHORT_RUN_UPDATES} and "
+                f"fewer underfit small sets: epochs={math.ceil(phase.epochs * SHORT_RUN_UPDATES / updates)} "
+                "gives that many", files.is_global_zero)
         with phase_logger(cfg, run_dir, name) as logger:
             fitted = backend.fit(model, phase, logger)
         summary = dict(epochs=fitted.epochs, per_device_batch=phase.batch, recalibrate_bn=phase.recalibrate_bn,
