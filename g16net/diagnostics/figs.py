@@ -31,9 +31,10 @@ def _stats(vals: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def _stack(ax, xs, series: dict[str, list[list[float]]], share: bool):
-    """series: term -> per x, the values over seeds (power too, for shares). Stacked bands of the means."""
-    bottom = [0.0] * len(xs)
+def _stack(ax, xs, series: dict[str, list[list[float]]], share: bool) -> float:
+    """series: term -> per x, the values over seeds (power too, for shares). Stacked bands of the means; returns
+    the highest point drawn (whiskers included)."""
+    bottom, high = [0.0] * len(xs), 0.0
     for term in TERMS:
         per_x = series[term]
         if share:
@@ -44,8 +45,9 @@ def _stack(ax, xs, series: dict[str, list[list[float]]], share: bool):
         if any(stds):
             ax.errorbar(xs, top, yerr=stds, fmt="none", ecolor="0.15", elinewidth=0.6, capsize=1.5)
         bottom = top
-    ax.set_xlim(min(xs), max(xs))
-    ax.set_ylim(0, None)
+        high = max(high, max(t + e for t, e in zip(top, stds)))
+    ax.set_xlim(min(xs), max(xs) if len(xs) > 1 else min(xs) + 1)
+    return high
 
 
 def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -70,6 +72,7 @@ def depth_figure(rows: list[dict], out_dir, stem: str = "power", share: bool = F
         fig = Figure(figsize=(2.8 * len(norms) + 0.6, 2.4 * len(taps) + 1.4), layout="constrained")
         axes = fig.subplots(len(taps), len(norms), squeeze=False, sharex=True, sharey="row")
         for i, tap in enumerate(taps):
+            high = 0.0
             for j, norm in enumerate(norms):
                 ax = axes[i][j]
                 by_depth = cells.get((norm, tap))
@@ -77,13 +80,14 @@ def depth_figure(rows: list[dict], out_dir, stem: str = "power", share: bool = F
                     ax.set_visible(False)
                     continue
                 xs = sorted(by_depth)
-                _stack(ax, xs, {k: [by_depth[d][k] for d in xs] for k in (*TERMS, "power")}, share)
+                high = max(high, _stack(ax, xs, {k: [by_depth[d][k] for d in xs] for k in (*TERMS, "power")}, share))
                 if i == 0:
                     ax.set_title(NORMS[norm].label if norm in NORMS else norm)
                 if j == 0:
                     ax.set_ylabel(("share of E[y^2]" if share else "E[y^2]") + f"\n{TAP_LABELS[tap]}", fontsize=8)
                 if i == len(taps) - 1:
                     ax.set_xlabel("depth (norm layer)")
+            axes[i][0].set_ylim(0, 1.05 * high or 1)  # one scale per row (shared): every norm's panel in full
         fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
         spread = f"; mean of {seeds:g} seeds, whiskers +-1 std" if seeds > 1 else ""
         fig.suptitle(f"Power decomposition by depth{spread}" + (f"\n{title}" if title else ""))
@@ -102,7 +106,8 @@ def epoch_figure(rows: list[dict], out_dir, depths: list[int], tap: str = "act",
     norms = _norm_order({r["norm"] for r in rows})
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(3.0 * len(depths) + 0.6, 2.3 * len(norms) + 1.4), layout="constrained")
-        axes = fig.subplots(len(norms), len(depths), squeeze=False, sharex=True)
+        axes = fig.subplots(len(norms), len(depths), squeeze=False, sharex=True, sharey=True)
+        high = 0.0
         for i, norm in enumerate(norms):
             mine = [r for r in rows if r["norm"] == norm]
             available = sorted({int(r["depth"]) for r in mine})
@@ -118,13 +123,14 @@ def epoch_figure(rows: list[dict], out_dir, depths: list[int], tap: str = "act",
                         for key in (*TERMS, "power"):
                             by_epoch[int(r["epoch"])][key].append(float(r[key]))
                 xs = sorted(by_epoch)
-                _stack(ax, xs, {k: [by_epoch[e][k] for e in xs] for k in (*TERMS, "power")}, share)
+                high = max(high, _stack(ax, xs, {k: [by_epoch[e][k] for e in xs] for k in (*TERMS, "power")}, share))
                 layer = next(r["layer"] for r in mine if int(r["depth"]) == depth)
                 ax.set_title(f"{NORMS[norm].label if norm in NORMS else norm}: depth {depth} ({layer})", fontsize=8)
                 if j == 0:
                     ax.set_ylabel("share of E[y^2]" if share else "E[y^2]")
                 if i == len(norms) - 1:
                     ax.set_xlabel(f"{phase} epoch (0 = before the first)")
+        axes[0][0].set_ylim(0, 1.05 * high or 1)
         fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
         fig.suptitle(f"Power decomposition over training, {TAP_LABELS[tap]}" + (f"\n{title}" if title else ""))
         out_dir.mkdir(parents=True, exist_ok=True)
