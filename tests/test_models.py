@@ -84,6 +84,17 @@ def test_ln_pn_wiring():
     assert g16net.create_model("b0", norm="gn").norm_stem.num_groups == 4
 
 
+def test_in_and_ln_ws_wiring():
+    from timm.layers import StdConv2d
+
+    inorm = _meta_model(norm="in")
+    assert all(m.num_groups == m.num_channels for m in (inorm.norm_stem, inorm.blocks[1][0].bn2, inorm.norm_head))
+    ws = _meta_model(norm="ln_ws")
+    convs = {n: type(m) for n, m in ws.named_modules() if isinstance(m, nn.Conv2d)}
+    assert all(t is (nn.Conv2d if ".se." in n else StdConv2d) for n, t in convs.items())  # SE has no norm after it
+    assert ws.norm_stem.num_groups == 1 and count_params(ws) == count_params(_meta_model(norm="ln"))
+
+
 @pytest.mark.parametrize("norm", ["ln_pn", "gn_pn", "bn"])
 def test_batch_independence(norm):
     torch.manual_seed(0)
