@@ -1,6 +1,8 @@
 """Lightning callbacks the recipe needs beyond Lightning's own."""
 
+import csv
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
@@ -62,6 +64,64 @@ class EvalPipelineThroughput(pl.Callback):
     def img_per_s(self, dataloader_idx: int) -> float:
         images, start, end = self.spans.get(dataloader_idx, (0, 0.0, 0.0))
         return images / (end - start) if end > start else float("nan")
+
+
+class PowerRecord(pl.Callback):
+    """diagnostics.every_epoch: the power terms (g16net.diagnostics) at every norm layer's taps on one fixed batch,
+    before the phase's first epoch (epoch 0, or the epoch it resumes at) and after each, appended to `csv_path` on
+    rank 0 with the seconds the record took (`record_s`) and the epoch's (`epoch_s`, its validation included).
+
+    The trained weights are measured (not the weight average), norm layers in training mode (BN: the batch's
+    statistics), dropout and stochastic depth off; the model's modes, BN running statistics and the random
+    streams are left as they were, so training goes on exactly as without the record.
+    """
+
+    COLUMNS = ("phase", "epoch", "depth", "layer", "tap", "channels", "height", "width", "channel_mean",
+               "instance_mean", "within_instance", "power", "record_s", "epoch_s")
+
+    def __init__(self, phase: str, images, stats, csv_path):
+        from .on_device import Normalize
+
+        self.phase, self.images, self.csv_path = phase, images, Path(csv_path)
+        self.normalize = Normalize(*stats)
+        self._epoch_t0, self.seconds, self.epoch_seconds = 0.0, [], []
+
+    def _record(self, trainer, pl_module, epoch: int, epoch_s: float | None):
+        from ..diagnostics import diagnose_model
+
+        if not trainer.is_global_zero:
+            return
+        t0 = time.perf_counter()
+        x = self.normalize.to(pl_module.device)(self.images.to(pl_module.device))
+        rows = diagnose_model(pl_module.model, x, mode="train")
+        record_s = time.perf_counter() - t0
+        self.seconds.append(record_s)
+        new = not self.csv_path.exists()
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.csv_path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerows({"phase": self.phase, "epoch": epoch, **r, "record_s": round(record_s, 4),
+                         "epoch_s": "" if epoch_s is None else round(epoch_s, 3)} for r in rows)
+
+    def on_train_start(self, trainer, pl_module):
+        self._record(trainer, pl_module, trainer.current_epoch, None)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._epoch_t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        epoch_s = time.perf_counter() - self._epoch_t0
+        self.epoch_seconds.append(epoch_s)
+        self._record(trainer, pl_module, trainer.current_epoch + 1, epoch_s)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.seconds and self.epoch_seconds:
+            per = sum(self.seconds) / len(self.seconds)
+            share = 100 * per * len(self.epoch_seconds) / sum(self.epoch_seconds)
+            say(f"{self.phase}: power record {per:.2f} s each, {share:.1f}% of an epoch ({self.csv_path})",
+                trainer.is_global_zero)
 
 
 def say(line: str, rank_zero: bool = True) -> None:

@@ -20,7 +20,7 @@ from ..core.config import resolve_accelerator
 from ..core.recipe import label_smoothing
 from ..core.run_safety import RunStopped
 from ..efficiency.measure import measure_throughput
-from .callbacks import Bar, EpochLog, EvalPipelineThroughput, PipelineThroughput
+from .callbacks import Bar, EpochLog, EvalPipelineThroughput, PipelineThroughput, PowerRecord
 from .lit_module import LitClassifier
 
 # Lightning's info lines (GPU/TPU available, the litmodels tip, "fit stopped") repeat for every phase's Trainer;
@@ -78,6 +78,8 @@ class LightningBackend:
         tput = PipelineThroughput()
         # One plain line per epoch (logs, SLURM .out files); last.ckpt rewritten after every epoch for resuming.
         callbacks = [_epoch_checkpoint(phase.ckpt_dir), tput, EpochLog(phase.name, on_epoch_end=phase.on_epoch_end)]
+        if phase.diag_images is not None:
+            callbacks.append(PowerRecord(phase.name, phase.diag_images, phase.stats, phase.diag_csv))
         trainer = self.trainer(phase.epochs, callbacks, logger)
         lit = self.lit(model, phase.stats, optimizer_cfg=phase.optimizer, scheduler_cfg=phase.scheduler, lr=phase.lr,
                        epochs=phase.epochs, mixup=phase.mixup, ema_cfg=phase.ema,

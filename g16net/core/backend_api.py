@@ -5,6 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 
 
@@ -46,6 +47,8 @@ class Phase:
     ckpt_dir: Path  # checkpoints/<phase>/: last.ckpt after every epoch
     resume: str | None  # a checkpoint to continue from
     on_epoch_end: Callable[[], None] = lambda: None
+    diag_images: torch.Tensor | None = None  # diagnostics.every_epoch: the fixed uint8 batch of the power record
+    diag_csv: Path | None = None  # ... and the CSV it appends to
 
 
 @dataclass

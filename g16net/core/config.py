@@ -163,6 +163,7 @@ def check_config(cfg: DictConfig) -> None:
     if reg != "auto" and not (isinstance(reg, (int, float)) and not isinstance(reg, bool) and 0 <= reg <= 1):
         raise ConfigError(f"regularization_scale={reg!r} is invalid; allowed: 'auto' (= min(1, epochs / 350)) or a "
                           "number in [0, 1] (1 = the paper's regularization)")
+    _check_diagnostics(cfg)
     ckpt = cfg.ckpt_path
     if ckpt not in (None, "last") and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt!r} is not a file; allowed: null, 'last' (resume this run dir) or a "
@@ -172,6 +173,17 @@ def check_config(cfg: DictConfig) -> None:
             create_model(**model_kwargs(cfg, num_classes=10))
     except ValueError as e:
         raise ConfigError(f"model/norm config: {e}") from None
+
+
+def _check_diagnostics(cfg: DictConfig) -> None:
+    every = _get(cfg, "diagnostics.every_epoch")
+    if not isinstance(every, bool):
+        raise ConfigError(f"diagnostics.every_epoch={every!r} must be true or false")
+    if every:
+        _positive_int(cfg, "diagnostics.batch_size", minimum=2)  # the instance-mean term is a variance over samples
+        if cfg.backend != "lightning":
+            raise ConfigError(f"diagnostics.every_epoch=true is recorded by backend=lightning only, not "
+                              f"backend={cfg.backend!r}; set diagnostics.every_epoch=false")
 
 
 def model_kwargs(cfg: DictConfig, num_classes: int) -> dict:

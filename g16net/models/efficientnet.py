@@ -182,6 +182,7 @@ class G16EfficientNet(nn.Module):
         drop_rate = spec.dropout if drop_rate is None else drop_rate
         drop_path_rate = DROP_PATH_RATE if drop_path_rate is None else drop_path_rate
         norm_act = norm_act_factory(norm, nn.SiLU)
+        conv_layer = check_norm(norm).conv_layer
 
         stem_chs = plan[0]["in_chs"]
         self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, stride=2, padding=1, bias=False)
@@ -203,6 +204,8 @@ class G16EfficientNet(nn.Module):
         self.grad_checkpointing = False
         cfg = timm_cfg(size)  # timm.create_model replaces it by the registered one (the same, with its name)
         self.pretrained_cfg = self.default_cfg = {**cfg, "input_size": (in_chans, *cfg["input_size"][1:])}
+        if conv_layer is not None:
+            _swap_normed_convs(self, conv_layer)
         self.apply(_init_weights)
         if zero_init_last:
             self._zero_init_last()
@@ -342,6 +345,20 @@ def _feature_info(plan: list[dict]) -> list[dict]:
             info.append(dict(num_chs=blocks[-1]["out_chs"], reduction=reduction, module=f"blocks.{stage}",
                              stage=stage))
     return info
+
+
+def _swap_normed_convs(model: nn.Module, conv_layer: type[nn.Conv2d]):
+    """Every plain conv a norm follows (all but the squeeze-excite's) rebuilt as `conv_layer` with the same
+    arguments: the norm registry's `conv_layer` (weight standardization for LN+WS). Same parameter shapes."""
+    for parent in list(model.modules()):
+        if isinstance(parent, SqueezeExcite):
+            continue
+        for name, conv in list(parent.named_children()):
+            if type(conv) is nn.Conv2d:
+                setattr(parent, name, conv_layer(
+                    conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                    device=conv.weight.device))
 
 
 def _init_weights(m: nn.Module):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from timm.layers import BatchNormAct2d, EvoNorm2dS0, GroupNorm1Act, GroupNormAct
+from timm.layers import BatchNormAct2d, EvoNorm2dS0, GroupNorm1Act, GroupNormAct, StdConv2d
 from torch import nn
 
 from .proxy_norm import GroupNormProxyAct2d
@@ -27,14 +27,16 @@ class NormSpec:
     batch_independent: bool  # False: the output of a sample depends on the rest of its batch (BN)
     recalibrate_on_finetune: bool = False  # `finetune.recalibrate_bn: auto` re-estimates its statistics (FixRes)
     decayed_params: tuple[str, ...] = ()  # its layers' parameters that take weight decay (Proxy Norm's proxies)
+    conv_layer: type[nn.Conv2d] | None = None  # the class of the convs this norm follows (None: plain nn.Conv2d)
 
 
 NORMS: dict[str, NormSpec] = {}
 
 
 def register_norm(name: str, label: str, build: Callable[..., nn.Module], batch_independent: bool = True,
-                  recalibrate_on_finetune: bool = False, decayed_params: tuple[str, ...] = ()):
-    NORMS[name] = NormSpec(label, build, batch_independent, recalibrate_on_finetune, decayed_params)
+                  recalibrate_on_finetune: bool = False, decayed_params: tuple[str, ...] = (),
+                  conv_layer: type[nn.Conv2d] | None = None):
+    NORMS[name] = NormSpec(label, build, batch_independent, recalibrate_on_finetune, decayed_params, conv_layer)
 
 
 def check_norm(norm: str) -> NormSpec:
@@ -67,6 +69,10 @@ def _ln(c, apply_act, act_layer):
     return GroupNorm1Act(c, eps=EPS, apply_act=apply_act, act_layer=act_layer)
 
 
+def _in(c, apply_act, act_layer):
+    return GroupNormAct(c, num_groups=c, eps=EPS, apply_act=apply_act, act_layer=act_layer)
+
+
 def _evos0(c, apply_act, act_layer):
     # EvoNorm-S0 carries its own sigmoid-gated nonlinearity, so act_layer does not apply.
     return EvoNorm2dS0(c, group_size=8, apply_act=apply_act, eps=EPS)
@@ -82,3 +88,10 @@ register_norm("ln_pn", "LN+PN", partial(GroupNormProxyAct2d, num_groups=1, eps=E
 register_norm("gn_pn", "GN+PN", partial(GroupNormProxyAct2d, num_groups=GN_GROUPS, eps=EPS),
               decayed_params=PROXY_PARAMS)
 register_norm("evos0", "EvoNorm-S0", _evos0)  # timm's EvoNorm-S0 (group size 8), an extra baseline
+# InstanceNorm (one group per channel, affine) + SiLU. On a 1x1 map every channel is its own mean, so it outputs
+# its bias alone: at inputs of 32 px or less (stride 32) the last stages and the head see nothing of the image.
+register_norm("in", "IN", _in)
+# LayerNorm + SiLU after weight-standardized convs (timm's StdConv2d: each filter zero-mean, unit-variance over its
+# fan-in, in every forward) wherever a norm follows a conv: the stem, expand, spatial, project and head convs; not
+# the squeeze-excite's, which no norm follows. Same parameters as LN (the standardization has none).
+register_norm("ln_ws", "LN+WS", _ln, conv_layer=StdConv2d)

@@ -148,28 +148,41 @@ def _mixup(cfg: DictConfig, plan: RunPlan):
     return build_mixup(cfg.augment, cfg.model.size, plan.num_classes, label_smoothing(cfg), regularization_scale(cfg))
 
 
+DIAGNOSTICS_CSV = Path("diagnostics") / "power_epochs.csv"  # in the run dir: diagnostics.every_epoch's record
+
+
+def _with_diagnostics(cfg: DictConfig, phase: Phase, files: "RunFiles") -> Phase:
+    """diagnostics.every_epoch: the phase's fixed power-record batch, the first images of its validation set."""
+    if cfg.diagnostics.every_epoch:
+        n = min(cfg.diagnostics.batch_size, len(phase.val_set))
+        phase.diag_images = torch.stack([phase.val_set[i][0] for i in range(n)])
+        phase.diag_csv = files.run_dir / DIAGNOSTICS_CSV
+    return phase
+
+
 def train_phase(cfg: DictConfig, plan: RunPlan, data, files: "RunFiles") -> Phase:
     scheduler, ema = scaled_schedule(cfg.scheduler, cfg.ema, plan.time_scale)
-    return Phase(
+    return _with_diagnostics(cfg, Phase(
         "train", cfg.epochs, plan.train_res, data.train_dataset(plan.train_res), data.val_dataset(plan.train_res),
         plan.batch, (data.mean, data.std), plan.num_classes,
         optimizer=OmegaConf.merge(cfg.optimizer, {"alpha": plan.rmsprop_alpha}), lr=plan.lr, scheduler=scheduler,
         mixup=_mixup(cfg, plan),
         ema=ema if cfg.ema.enabled else None, head_only=False, recalibrate_bn=False, dropout=True,
-        ckpt_dir=files.ckpt_dir / "train", resume=files.resume_from("train"), on_epoch_end=files.save_wall_time)
+        ckpt_dir=files.ckpt_dir / "train", resume=files.resume_from("train"), on_epoch_end=files.save_wall_time),
+        files)
 
 
 def finetune_phase(cfg: DictConfig, plan: RunPlan, data, files: "RunFiles") -> Phase:
     f, res = cfg.finetune, plan.finetune_res
     recal = NORMS[cfg.norm.name].recalibrate_on_finetune if f.recalibrate_bn == "auto" else bool(f.recalibrate_bn)
     mixup = _mixup(cfg, plan) if f.mixup else None
-    return Phase(
+    return _with_diagnostics(cfg, Phase(
         "finetune", f.epochs, res, data.train_dataset(res, eval_transform=f.eval_transform), data.val_dataset(res),
         plan.finetune_batch, (data.mean, data.std), plan.num_classes,
         optimizer=OmegaConf.merge(f.optimizer, {"alpha": plan.finetune_rmsprop_alpha}), lr=plan.finetune_lr,
         scheduler=f.scheduler, mixup=mixup, ema=None, head_only=f.layers == "head", recalibrate_bn=recal,
         dropout=f.dropout, ckpt_dir=files.ckpt_dir / "finetune", resume=files.resume_from("finetune"),
-        on_epoch_end=files.save_wall_time)
+        on_epoch_end=files.save_wall_time), files)
 
 
 class RunFiles:
@@ -177,7 +190,8 @@ class RunFiles:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, is_global_zero: bool):
         self.t0 = time.time()
-        self.cfg, self.ckpt_dir, self.is_global_zero = cfg, Path(run_dir) / "checkpoints", is_global_zero
+        self.cfg, self.run_dir, self.is_global_zero = cfg, Path(run_dir), is_global_zero
+        self.ckpt_dir = self.run_dir / "checkpoints"
         wall = self.ckpt_dir / WALL_TIME
         resumed = cfg.ckpt_path == "last" and wall.exists()
         self.earlier_wall_s = json.loads(wall.read_text())["wall_time_s"] if resumed else 0.0
