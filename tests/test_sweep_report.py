@@ -25,7 +25,7 @@ def test_local_sweep_runs_every_job_then_lists_the_failed_ones(tmp_path):
     lines = _summary(proc.stderr)
     assert len(lines) == 3 and f"FAILED {sweep}/{done[0]}:" not in proc.stderr
     mixup = [line for line in lines if MIXUP in line]
-    assert len(mixup) == 1 and sum("epochs=0 must be an integer >= 1" in line for line in lines) == 2
+    assert len(mixup) == 1 and sum("epochs=0 is invalid; allowed: a positive integer" in line for line in lines) == 2
     failed_dir = mixup[0].split("FAILED ", 1)[1].split(":", 1)[0]
     assert json.loads((tmp_path / failed_dir / "error.json").read_text())["error"] in mixup[0]
 
