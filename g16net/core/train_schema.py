@@ -2,7 +2,7 @@
 
 A new key is one line in its section below (`name: Any = key("what it is", type, bounds..., null=..., auto=...)`),
 a new section one `section(...)` line and its dataclass; docs/config.md is regenerated with
-`python -m g16net.core.schema --markdown > docs/config.md`. The `data` section is declared by the data source's
+`python -m g16net.core.config_doc > docs/config.md`. The `data` section is declared by the data source's
 class (`Config` of g16net.data.DataSource subclasses), the `ipu` section in g16net/backends/ipu_schema.py.
 """
 
