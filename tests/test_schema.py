@@ -4,6 +4,8 @@ of conf/ is declared, the reference docs/config.md is the schema's, and the pres
 import copy
 import itertools
 import json
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import yaml
@@ -11,10 +13,11 @@ from omegaconf import OmegaConf
 
 from g16net.core.config import ConfigError, check_config, config_problems, known_keys
 from g16net.core.config_doc import markdown
-from g16net.core.schema import Rule, is_schema, rules
+from g16net.core.schema import Rule, is_schema, key, rules
 from g16net.core.train_schema import TrainConfig
 from g16net.data.config import CONF_DATA, NAMES, source_defaults
 from g16net.data.config import problems as data_problems
+from g16net.data.synthetic import SyntheticConfig, SyntheticSource
 
 from .conftest import QUICK, ROOT, TINY, compose_cfg, run_cli
 
@@ -230,3 +233,24 @@ def test_schema_is_in_hydras_config_store():
     node = ConfigStore.instance().load("g16net_train_schema.yaml").node
     assert set(node) == {k for k, _, _ in rules(TrainConfig) if "." not in k}
     assert json.dumps(OmegaConf.to_container(node))  # a plain structured config
+
+
+@dataclass
+class GreetingConfig(SyntheticConfig):
+    greeting: Any = key("what the source says", str)
+
+
+class GreetingSource(SyntheticSource):
+    """A user's own source that declares its own key (its Config): that key is checked as the package's are."""
+    Config = GreetingConfig
+
+
+def test_a_users_data_source_declares_its_own_keys():
+    own = {**source_defaults("synthetic"), "_target_": f"{__name__}.GreetingSource", "name": "mine"}
+    assert data_problems({**own, "greeting": "hello"})[1] == []
+    assert data_problems({**own, "greeting": 5})[1] == ["data.greeting=5 is invalid; allowed: a non-empty string"]
+    assert data_problems({**own, "greeting": "hi", "greting": "x"})[1][0].startswith(
+        "unknown config key 'data.greting' (value 'x'); nothing reads it, did you mean 'data.greeting'?")
+    # a class that declares no keys of its own takes its yaml's as they are; the inherited ones are checked
+    plain = {**own, "_target_": "g16net.data.synthetic.SyntheticSource"}
+    assert data_problems({**plain, "greeting": "hi"})[1][0].startswith("unknown config key 'data.greeting'")

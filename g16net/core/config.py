@@ -29,11 +29,14 @@ class ConfigError(ValueError):
     """A config value that cannot work; raised before any expensive step."""
 
 
-def config_dirs() -> tuple[Path, ...]:
-    """The app's conf/ and the folders a user put on Hydra's search path (`--config-dir`, `hydra.searchpath`)."""
+def config_dirs(hydra_cfg=None) -> tuple[Path, ...]:
+    """The app's conf/ and the folders a user put on Hydra's search path (`--config-dir`, `hydra.searchpath`), from
+    `hydra_cfg` (the `hydra` node) or this job's."""
     dirs = [CONF_DIR]
-    if HydraConfig.initialized():
-        for source in HydraConfig.get().runtime.config_sources:
+    if hydra_cfg is None and HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+    if hydra_cfg is not None:
+        for source in hydra_cfg.runtime.config_sources:
             path = None
             if source.schema == "file":
                 path = Path(source.path)
@@ -86,9 +89,9 @@ def _unknown_data_key(known: frozenset[str]):
     return judge
 
 
-def config_problems(cfg: DictConfig) -> list[str]:
+def config_problems(cfg: DictConfig, dirs: tuple[Path, ...] | None = None) -> list[str]:
     """One line per key of the composed config that its schema (g16net/core/train_schema.py, the data source's
-    Config) refuses; nothing is built or read from disk."""
+    Config) refuses; nothing is built or read from disk. `dirs`: the config folders (default: this job's)."""
     from .train_schema import TrainConfig  # it imports every section's schema, the IPU backend's too
 
     try:
@@ -101,7 +104,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     if data is None:
         return [*bad, "data is not set; allowed: data=<name> (docs/config.md)"]
     try:
-        bad += data_problems(data, _unknown_data_key(known_keys(config_dirs())))[1]
+        bad += data_problems(data, _unknown_data_key(known_keys(dirs or config_dirs())))[1]
     except ValueError as e:  # no source class to check against: its name or _target_ is the problem
         bad.append(str(e))
     return bad

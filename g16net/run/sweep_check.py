@@ -33,15 +33,15 @@ class CheckSweepJobs(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra import compose
 
-        from ..core.config import config_problems
+        from ..core.config import config_dirs, config_problems
 
         jobs = sweep_jobs(config)
         if not jobs:
             return
         varying = {o.split("=", 1)[0] for o in set().union(*jobs) if sum(o in j for j in jobs) < len(jobs)}
-        failed = []
+        failed, dirs = [], config_dirs(config.hydra)
         for job in jobs:
-            bad = config_problems(compose(config_name=config.hydra.job.config_name, overrides=job))
+            bad = config_problems(compose(config_name=config.hydra.job.config_name, overrides=job), dirs)
             if bad:
                 failed.append((" ".join(o for o in job if o.split("=", 1)[0] in varying) or "every job", bad))
         if not failed:
