@@ -52,18 +52,18 @@ def config_dirs(hydra_cfg=None) -> tuple[Path, ...]:
 
 @functools.lru_cache(maxsize=8)
 def known_keys(dirs: tuple[Path, ...] = (CONF_DIR,)) -> frozenset[str]:
-    """Every dotted key some config file in `dirs` sets (any group option, preset or series): the keys the app,
-    or a user's own data source, reads. A key outside it can only come from a `+key=value` override, and nothing
-    would read it."""
+    """Every dotted key some config file in `dirs` sets (any group option, preset or series). The schema says what
+    the app reads; this says which keys a user's own data source without a declared Config takes, and the schema's
+    test that every key of conf/ is declared."""
     keys = set()
 
-    def walk(node, prefix):
+    def walk(node, prefix, top=True):
         for k, v in node.items():
-            if k == "defaults" and not prefix:
+            if k == "defaults" and top:  # Hydra's defaults list, not a key
                 continue
             keys.add(prefix + str(k))
             if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
+                walk(v, f"{prefix}{k}.", top=False)
 
     for path, group in ((p, p.parent.relative_to(d).as_posix()) for d in dirs for p in sorted(d.rglob("*.yaml"))):
         if group.split("/")[0] == "hydra" or (group == "." and path.stem != "train"):  # hydra's, or another app's
@@ -81,9 +81,10 @@ def known_keys(dirs: tuple[Path, ...] = (CONF_DIR,)) -> frozenset[str]:
     return frozenset(keys)
 
 
-def _unknown_data_key(known: frozenset[str]):
+def _unknown_data_key(dirs: tuple[Path, ...]):
     """For a user's data source that declares no keys of its own: a key some config file sets is its argument."""
     def judge(k: str, v) -> str | None:
+        known = known_keys(dirs)  # read only for such a source
         return None if k in known else schema.unknown(k, v, [x for x in known if x.startswith("data.")])
 
     return judge
@@ -104,7 +105,7 @@ def config_problems(cfg: DictConfig, dirs: tuple[Path, ...] | None = None) -> li
     if data is None:
         return [*bad, "data is not set; allowed: data=<name> (docs/config.md)"]
     try:
-        bad += data_problems(data, _unknown_data_key(known_keys(dirs or config_dirs())))[1]
+        bad += data_problems(data, _unknown_data_key(dirs or config_dirs()))[1]
     except ValueError as e:  # no source class to check against: its name or _target_ is the problem
         bad.append(str(e))
     return bad
