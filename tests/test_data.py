@@ -259,7 +259,7 @@ def test_hydra_config_files_load_and_validate(split_tree):
         cfg = OmegaConf.load(conf / f"{name}.yaml")
         assert cfg.name == name and issubclass(get_class(cfg._target_), DataSource)
     # each yaml lists only its own arguments: a folder layout key is unknown to the synthetic set
-    with pytest.raises(ValueError, match=r"key\(s\) \['split_fraction'\] for data.name='synthetic'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'data\.split_fraction'"):
         build_data(dict(name="synthetic", split_fraction=0.5))
     src = build_data(OmegaConf.load(conf / "synthetic.yaml"))
     assert (src.native_resolution, src.half_resolution, src.num_classes) == (96, 64, 10)
@@ -270,7 +270,7 @@ def test_hydra_config_files_load_and_validate(split_tree):
     assert build_data(cfg).num_classes == 3
     cfg = OmegaConf.load(conf / "imagefolder.yaml")
     cfg.root = str(split_tree)
-    with pytest.raises(ValueError, match=r"data\.native_resolution is not set"):
+    with pytest.raises(ValueError, match=r"data\.native_resolution='\?\?\?' is not set"):
         build_data(cfg)
 
 
@@ -324,7 +324,7 @@ def test_error_train_val_class_mismatch(split_tree):
     ("native_resolution", 0, r"data\.native_resolution=0 is invalid; allowed: a positive integer"),
     ("half_resolution", 64.5, r"data\.half_resolution=64\.5 is invalid"),
     ("native_resolution", "96", r"data\.native_resolution='96' is invalid"),
-    ("crop_pct", 1.5, r"data\.crop_pct=1\.5 is invalid; allowed: 0 < crop_pct <= 1"),
+    ("crop_pct", 1.5, r"data\.crop_pct=1\.5 is invalid; allowed: a number in \(0, 1\]"),
     ("train_scale", [0.5, 0.1], r"data\.train_scale=\[0\.5, 0\.1\] is invalid"),
     ("interpolation", "lanczos", r"data\.interpolation='lanczos' is invalid; allowed: nearest, bilinear"),
     ("verify_images", "sometimes", r"data\.verify_images='sometimes' is invalid"),
@@ -334,8 +334,8 @@ def test_error_train_val_class_mismatch(split_tree):
     ("hflip", "yes", r"data\.hflip='yes' is invalid; allowed: true or false"),
     ("num_classes", 12, r"data\.num_classes=12 but the synthetic set has 10"),
     ("synthetic", {"train_size": 0}, r"data\.synthetic\.train_size=0 is invalid"),
-    ("synthetic", {"size": 10}, r"unknown data\.synthetic key\(s\) \['size'\]"),
-    ("batch_size", 32, r"unknown data config key\(s\) \['batch_size'\] .*; allowed: _target_, name, num_classes"),
+    ("synthetic", {"size": 10}, r"unknown config key 'data\.synthetic\.size'"),
+    ("batch_size", 32, r"unknown config key 'data\.batch_size'"),
 ])
 def test_error_bad_values_name_key_value_and_allowed(key, value, match):
     with pytest.raises(ValueError, match=match):
@@ -383,7 +383,7 @@ def test_error_cifar_without_data_and_download_false(tmp_path, name, folder):
     cfg = dict(name=name, root=str(tmp_path / "cifar"), native_resolution=64, half_resolution=32)
     with pytest.raises(FileNotFoundError, match=rf"data\.root=.*{folder}.*data\.download=true"):
         build_data(cfg)
-    with pytest.raises(ValueError, match=rf"data\.root=None is not set; data\.name='{name}'"):
+    with pytest.raises(ValueError, match=r"data\.root=None is invalid; allowed: the path of the dataset's folder"):
         build_data({**cfg, "root": None})
 
 

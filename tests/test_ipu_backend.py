@@ -167,7 +167,7 @@ THREE_IPUS = "ipu.pipeline=[{layer:blocks.3,ipu:1},{layer:conv_head,ipu:2}]"
 @pytest.mark.parametrize("overrides, match", [
     (["batch_size=10", "ipu.replication_factor=4"], r"batch_size=10 .*ipu\.replication_factor=4"),
     (["ipu.device_iterations=0"], r"ipu\.device_iterations=0"),
-    (["ipu.eval_batch_size=0"], r"ipu\.eval_batch_size=0 must be null or an integer >= 1"),
+    (["ipu.eval_batch_size=0"], r"ipu\.eval_batch_size=0 is invalid; allowed: a positive integer"),
     (["ipu.available_memory_proportion=1.5"], r"available_memory_proportion=1\.5"),
     (["ema.every=step"], r"ema\.every='step'"),
     (["trainer.accumulate_grad_batches=2"], r"ipu\.gradient_accumulation"),

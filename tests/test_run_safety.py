@@ -184,8 +184,9 @@ def test_unknown_keys_are_rejected_but_presets_compose():
         check_config(compose_cfg([*TINY, "+epoch=3"]))
     with pytest.raises(ConfigError, match="'finetune.epoch'.*did you mean 'finetune.epochs'"):
         check_config(compose_cfg([*TINY, "+finetune.epoch=1"]))
-    for preset in (["sweep=pareto_cpu"], ["sweep=norm_ablation_cpu"], ["experiment=paper_imagenet"],
-                   ["series=g16_lnpn_half"], ["hydra/launcher=submitit_slurm"]):
+    for preset in (["sweep=pareto_cpu"], ["sweep=norm_ablation_cpu"],
+                   ["experiment=paper_imagenet", "data.root=/datasets/imagenet"], ["series=g16_lnpn_half"],
+                   ["hydra/launcher=submitit_slurm"]):
         check_config(compose_cfg([*TINY, *preset]))
 
 

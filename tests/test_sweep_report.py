@@ -7,8 +7,8 @@ import pytest
 
 from .conftest import QUICK, run_cli
 
-# Sweeps of QUICK: one job completes in seconds; the others fail: batch 1 cannot take Mixup (found once the run has
-# its dir), epochs=0 is refused by the config check before the job dir becomes the run's.
+# Sweeps of QUICK: one job completes in seconds; the others fail once the run has its dir: batch 1 cannot take Mixup,
+# 8 images cannot fill a batch of 16. (A bad config value in any job stops the sweep before it starts: test_schema.)
 MIXUP = "Mixup/CutMix needs a per-device batch of 2 or more, got 1"
 
 
@@ -18,14 +18,15 @@ def _summary(out: str) -> list[str]:
 
 def test_local_sweep_runs_every_job_then_lists_the_failed_ones(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", *QUICK, "batch_size=1,16", "epochs=0,1", f"hydra.sweep.dir={sweep}"], check=False)
+    proc = run_cli(["-m", *QUICK, "batch_size=1,16", "data.synthetic.train_size=8,32",
+                    f"hydra.sweep.dir={sweep}"], check=False)
     assert proc.returncode == 1, proc.stderr[-3000:]
     done = [i for i in range(4) if (sweep / str(i) / "metrics.json").is_file()]
-    assert len(done) == 1  # batch 16 for 1 epoch: the job after the failing ones ran to the end
+    assert len(done) == 1  # batch 16 of 32 images: the job after the failing ones ran to the end
     lines = _summary(proc.stderr)
     assert len(lines) == 3 and f"FAILED {sweep}/{done[0]}:" not in proc.stderr
     mixup = [line for line in lines if MIXUP in line]
-    assert len(mixup) == 1 and sum("epochs=0 must be an integer >= 1" in line for line in lines) == 2
+    assert len(mixup) == 2 and sum("8 training images are fewer than one batch" in line for line in lines) == 1
     failed_dir = mixup[0].split("FAILED ", 1)[1].split(":", 1)[0]
     assert json.loads((tmp_path / failed_dir / "error.json").read_text())["error"] in mixup[0]
 

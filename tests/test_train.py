@@ -199,16 +199,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model.size=b9"], "size='b9'; allowed: b0"),
+    (["model.size=b9"], "size='b9' is invalid; allowed: b0"),
     (["model.group_size=12"], "group_size=12 cannot divide"),
-    (["resolution.schedule=quarter"], "resolution.schedule='quarter' is not allowed; allowed: half, native"),
-    (["epochs=0"], "epochs=0 must be an integer >= 1"),
+    (["resolution.schedule=quarter"], "resolution.schedule='quarter' is invalid; allowed: half, native"),
+    (["epochs=0"], "epochs=0 is invalid; allowed: a positive integer"),
     (["resolution.train=128"], "train resolution 128 is above the test resolution 64"),
     (["data=imagefolder", "data.root=/nonexistent/data", "data.native_resolution=64", "data.half_resolution=32"],
      "/nonexistent/data"),
     (["augment.mixup_alpha=-1"], "augment.mixup_alpha=-1"),
     (["data.test_resolutions=[0]"], r"data.test_resolutions=\[0\] is invalid"),
-    (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' is not a file"),
+    (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' is invalid; allowed: last"),
 ])
 def test_bad_config_fails_before_training(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):  # exits 2; a plain ValueError or OSError would exit 1

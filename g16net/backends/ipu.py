@@ -28,11 +28,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..core import schema
 from ..core.backend_api import Device, Fitted, Phase
 from ..core.config import ConfigError, model_kwargs
 from ..core.recipe import build_ema, build_scheduler, label_smoothing, param_groups
 from ..core.run_io import atomic_write_torch
 from ..models import create_model
+from .ipu_schema import IpuConfig
 from .lit_module import NonFiniteLossError, finetune_modes, freeze_all_but_head
 from .on_device import Normalize, eval_metrics, scores
 
@@ -313,20 +315,9 @@ class _Padded(torch.utils.data.Dataset):
 def _check_ipu(cfg: DictConfig) -> int:
     """Everything a PopTorch compile would reject, from the config alone; returns the IPUs per replica."""
     ipu = cfg.ipu
-    for key in ("replication_factor", "device_iterations", "gradient_accumulation"):
-        if not _is_count(ipu[key]):
-            raise ConfigError(f"ipu.{key}={ipu[key]!r} must be an integer >= 1")
-    for key in ("eval_device_iterations", "eval_batch_size"):
-        if ipu[key] is not None and not _is_count(ipu[key]):
-            raise ConfigError(f"ipu.{key}={ipu[key]!r} must be null or an integer >= 1")
-    for key in ("half", "half_partials", "auto_round_num_ipus"):
-        if not isinstance(ipu[key], bool):
-            raise ConfigError(f"ipu.{key}={ipu[key]!r} must be true or false")
-    amp, scale = ipu.available_memory_proportion, ipu.loss_scaling
-    if amp is not None and (isinstance(amp, bool) or not isinstance(amp, (int, float)) or not 0 < amp <= 1):
-        raise ConfigError(f"ipu.available_memory_proportion={amp!r} must be null (PopTorch's default) or in (0, 1]")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-        raise ConfigError(f"ipu.loss_scaling={scale!r} must be a number > 0 (1 = off)")
+    bad = schema.problems(IpuConfig, OmegaConf.to_container(ipu, resolve=True), "ipu.")
+    if bad:
+        raise ConfigError("\n".join(bad))
     if cfg.trainer.accumulate_grad_batches != 1:
         raise ConfigError(f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches} is Lightning's; "
                           "with backend=ipu set ipu.gradient_accumulation and leave it at 1")
@@ -387,10 +378,6 @@ def _eval_iterations(ipu, stages: int) -> int:
     if ipu.eval_device_iterations is not None:
         return ipu.eval_device_iterations
     return max(ipu.device_iterations, stages)
-
-
-def _is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def _mix(mixup, x, y, micro: int, dtype):

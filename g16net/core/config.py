@@ -4,7 +4,6 @@ Every check here is cheap (no data loading, no model weights), so a typo fails i
 names the key, the bad value and what is allowed, instead of after an epoch.
 """
 
-import difflib
 import functools
 import importlib
 import importlib.resources
@@ -15,37 +14,29 @@ import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from ..data.config import problems as data_problems
 from ..models import check_size, create_model
 from ..models.efficientnet import DROP_PATH_RATE
+from . import schema
 from .backend_api import Device
 from .conf_path import CONF_DIR
 from .recipe import build_mixup, regularization_scale, rmsprop_decay, time_scale
-
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-CHOICES = {
-    "resolution.schedule": ("half", "native"),
-    "trainer.precision": PRECISIONS,
-    "trainer.accelerator": ACCELERATORS,
-    "logger.name": ("csv", "wandb", "none"),
-    "scheduler.name": ("step", "cosine"),
-    "finetune.scheduler.name": ("step", "cosine"),
-    "ema.every": ("epoch", "step"),
-    "finetune.layers": ("head", "all"),
-    "backend": ("lightning", "ipu"),
-}
 
 
 class ConfigError(ValueError):
     """A config value that cannot work; raised before any expensive step."""
 
 
-def config_dirs() -> tuple[Path, ...]:
-    """The app's conf/ and the folders a user put on Hydra's search path (`--config-dir`, `hydra.searchpath`)."""
+def config_dirs(hydra_cfg=None) -> tuple[Path, ...]:
+    """The app's conf/ and the folders a user put on Hydra's search path (`--config-dir`, `hydra.searchpath`), from
+    `hydra_cfg` (the `hydra` node) or this job's."""
     dirs = [CONF_DIR]
-    if HydraConfig.initialized():
-        for source in HydraConfig.get().runtime.config_sources:
+    if hydra_cfg is None and HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+    if hydra_cfg is not None:
+        for source in hydra_cfg.runtime.config_sources:
             path = None
             if source.schema == "file":
                 path = Path(source.path)
@@ -61,18 +52,18 @@ def config_dirs() -> tuple[Path, ...]:
 
 @functools.lru_cache(maxsize=8)
 def known_keys(dirs: tuple[Path, ...] = (CONF_DIR,)) -> frozenset[str]:
-    """Every dotted key some config file in `dirs` sets (any group option, preset or series): the keys the app,
-    or a user's own data source, reads. A key outside it can only come from a `+key=value` override, and nothing
-    would read it."""
+    """Every dotted key some config file in `dirs` sets (any group option, preset or series). The schema says what
+    the app reads; this says which keys a user's own data source without a declared Config takes, and the schema's
+    test that every key of conf/ is declared."""
     keys = set()
 
-    def walk(node, prefix):
+    def walk(node, prefix, top=True):
         for k, v in node.items():
-            if k == "defaults" and not prefix:
+            if k == "defaults" and top:  # Hydra's defaults list, not a key
                 continue
             keys.add(prefix + str(k))
             if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
+                walk(v, f"{prefix}{k}.", top=False)
 
     for path, group in ((p, p.parent.relative_to(d).as_posix()) for d in dirs for p in sorted(d.rglob("*.yaml"))):
         if group.split("/")[0] == "hydra" or (group == "." and path.stem != "train"):  # hydra's, or another app's
@@ -90,23 +81,34 @@ def known_keys(dirs: tuple[Path, ...] = (CONF_DIR,)) -> frozenset[str]:
     return frozenset(keys)
 
 
-def check_known_keys(cfg: DictConfig) -> None:
-    """Reject keys that no config of the app sets (a misspelled `+epoch=3` would otherwise be ignored)."""
-    known = known_keys(config_dirs())
+def _unknown_data_key(dirs: tuple[Path, ...]):
+    """For a user's data source that declares no keys of its own: a key some config file sets is its argument."""
+    def judge(k: str, v) -> str | None:
+        known = known_keys(dirs)  # read only for such a source
+        return None if k in known else schema.unknown(k, v, [x for x in known if x.startswith("data.")])
 
-    def walk(node, prefix):
-        for k in node.keys():
-            key = f"{prefix}{k}"
-            if key not in known:
-                match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
-                raise ConfigError(f"unknown config key {key!r} (value {OmegaConf.select(cfg, key)!r}); nothing reads "
-                                  f"it{f', did you mean {match[0]!r}?' if match else ''} (keys are listed in conf/)")
-            v = node._get_node(k) if isinstance(node, DictConfig) else None
-            if isinstance(v, DictConfig) and not v._is_none() and not v._is_missing():
-                if any(x.startswith(key + ".") for x in known):  # an empty dict in conf/ is free-form
-                    walk(v, key + ".")
+    return judge
 
-    walk(cfg, "")
+
+def config_problems(cfg: DictConfig, dirs: tuple[Path, ...] | None = None) -> list[str]:
+    """One line per key of the composed config that its schema (g16net/core/train_schema.py, the data source's
+    Config) refuses; nothing is built or read from disk. `dirs`: the config folders (default: this job's)."""
+    from .train_schema import TrainConfig  # it imports every section's schema, the IPU backend's too
+
+    try:
+        values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as e:
+        return [f"the config cannot be resolved: {e}"]
+    values.pop("hydra", None)
+    data = values.pop("data", None)
+    bad = schema.problems(TrainConfig, values)
+    if data is None:
+        return [*bad, "data is not set; allowed: data=<name> (docs/config.md)"]
+    try:
+        bad += data_problems(data, _unknown_data_key(dirs or config_dirs()))[1]
+    except ValueError as e:  # no source class to check against: its name or _target_ is the problem
+        bad.append(str(e))
+    return bad
 
 
 @dataclass(frozen=True)
@@ -131,59 +133,24 @@ class RunPlan:
     finetune_batch: int | None  # per device; None without finetuning
 
 
-def _get(cfg: DictConfig, key: str):
-    return OmegaConf.select(cfg, key, throw_on_missing=True)
-
-
-def _positive_int(cfg, key, minimum=1):
-    v = _get(cfg, key)
-    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise ConfigError(f"{key}={v!r} must be an integer >= {minimum}")
-    return v
-
-
 def check_config(cfg: DictConfig) -> None:
-    """Validate everything that needs no data: choices, counts, the model itself (built on the meta device)."""
-    check_known_keys(cfg)
-    for key, allowed in CHOICES.items():
-        v = _get(cfg, key)
-        if v not in allowed:
-            raise ConfigError(f"{key}={v!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
-    _positive_int(cfg, "epochs")
-    _positive_int(cfg, "finetune.epochs", minimum=0)
-    for key in ("batch_size", "eval_batch_size", "finetune.batch_size", "trainer.accumulate_grad_batches"):
-        _positive_int(cfg, key)
-    mixup = cfg.augment.mixup_alpha
-    if mixup != "auto" and not (isinstance(mixup, (int, float)) and mixup >= 0):
-        raise ConfigError(f"augment.mixup_alpha={mixup!r} must be 'auto' or a number >= 0 (0 = off)")
-    lam = cfg.augment.cutmix_lambda
-    if lam not in ("auto", None) and not (isinstance(lam, (int, float)) and 0 < lam <= 1):
-        raise ConfigError(f"augment.cutmix_lambda={lam!r} must be 'auto', null (off) or in (0, 1]")
-    reg = cfg.regularization_scale
-    if reg != "auto" and not (isinstance(reg, (int, float)) and not isinstance(reg, bool) and 0 <= reg <= 1):
-        raise ConfigError(f"regularization_scale={reg!r} is invalid; allowed: 'auto' (= min(1, epochs / 350)) or a "
-                          "number in [0, 1] (1 = the paper's regularization)")
-    _check_diagnostics(cfg)
-    ckpt = cfg.ckpt_path
-    if ckpt not in (None, "last") and not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt_path={ckpt!r} is not a file; allowed: null, 'last' (resume this run dir) or a "
-                          "path to a Lightning checkpoint")
+    """Validate everything that needs no data: every key against the schema (all bad keys in one error), then the
+    rules between keys and the model itself (built on the meta device)."""
+    bad = config_problems(cfg)
+    if bad:
+        raise ConfigError(bad[0] if len(bad) == 1 else f"{len(bad)} invalid config values:\n  " + "\n  ".join(bad))
+    sched = cfg.finetune.scheduler
+    if sched.name == "step" and (sched.get("decay_rate") is None or sched.get("decay_epochs") is None):
+        raise ConfigError("finetune.scheduler.name='step' needs finetune.scheduler.decay_rate and decay_epochs "
+                          "(e.g. +finetune.scheduler.decay_rate=0.97 +finetune.scheduler.decay_epochs=2.4)")
+    if cfg.diagnostics.every_epoch and cfg.backend != "lightning":
+        raise ConfigError(f"diagnostics.every_epoch=true is recorded by backend=lightning only, not "
+                          f"backend={cfg.backend!r}; set diagnostics.every_epoch=false")
     try:
         with torch.device("meta"):
             create_model(**model_kwargs(cfg, num_classes=10))
     except ValueError as e:
         raise ConfigError(f"model/norm config: {e}") from None
-
-
-def _check_diagnostics(cfg: DictConfig) -> None:
-    every = _get(cfg, "diagnostics.every_epoch")
-    if not isinstance(every, bool):
-        raise ConfigError(f"diagnostics.every_epoch={every!r} must be true or false")
-    if every:
-        _positive_int(cfg, "diagnostics.batch_size", minimum=2)  # the instance-mean term is a variance over samples
-        if cfg.backend != "lightning":
-            raise ConfigError(f"diagnostics.every_epoch=true is recorded by backend=lightning only, not "
-                              f"backend={cfg.backend!r}; set diagnostics.every_epoch=false")
 
 
 def model_kwargs(cfg: DictConfig, num_classes: int) -> dict:

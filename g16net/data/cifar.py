@@ -5,12 +5,16 @@ they are upscaled to the configured native and half resolutions.
 """
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision import datasets
 
+from ..core.schema import key
 from . import transforms
+from .config import DataConfig
 from .source import DataSource
 
 CIFAR = {  # name -> (torchvision class, the folder torchvision expects under root, per-channel mean and std)
@@ -34,7 +38,16 @@ class TransformView(torch.utils.data.Dataset):
         return self.transform(img), target
 
 
+@dataclass
+class CifarConfig(DataConfig):
+    root: Any = key("folder holding the extracted python version (or where download puts it)", str,
+                    allowed="the path of the dataset's folder, e.g. data.root=/datasets/<name>")
+    download: Any = key("fetch with torchvision into root if missing", bool)
+
+
 class CifarSource(DataSource):
+    Config = CifarConfig
+
     def __init__(self, c: dict):
         self.name, self._c = c["name"], c
         self._cls, folder, mean, std = CIFAR[self.name]

@@ -4,17 +4,21 @@ Every error names the key as `data.<key>`, the bad value, and what is allowed.
 """
 
 import functools
-import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from ..core import schema
 from ..core.conf_path import CONF_DIR
+from ..core.schema import key, rule
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-MISSING = "???"  # OmegaConf's marker for a mandatory value nobody set
+MISSING = schema.MISSING
+VERIFY_AUTO_MAX_FILES = 20000  # verify_images: auto opens every file of a set up to this size
 CONF_DATA = CONF_DIR / "data"
 # Each data source's arguments and their defaults are its conf/data/<name>.yaml, which also names its class
 # (`_target_`); nothing here repeats them. NAMES are the sources this package ships; a config composed by Hydra
@@ -61,69 +65,58 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def check_resolution(key: str, value) -> int:
     if not _is_int(value) or value < 1:
         raise _err(key, value, "a positive integer number of pixels")
     return value
 
 
-def _pair(key: str, value, lo_bound: float, hi_bound: float) -> tuple[float, float]:
-    ok = (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_num(v) for v in value)
-          and lo_bound < value[0] <= value[1] <= hi_bound)
-    if not ok:
-        raise _err(key, value, f"[lo, hi] with {lo_bound} < lo <= hi <= {hi_bound}")
-    return float(value[0]), float(value[1])
+@dataclass
+class DataConfig:
+    """The keys every data source reads. A source's class declares its own keys in a subclass, its `Config`:
+
+        @dataclass
+        class MyConfig(DataConfig):
+            root: Any = key("the dataset folder", str)
+        class MySource(DataSource):
+            Config = MyConfig
+    """
+    _target_: Any = key("the DataSource class that reads this config (dotted path)", str)
+    name: Any = key("the dataset's name", str)
+    num_classes: Any = key("the class count, asserted", int, ge=1, null="infer from the data", optional=True)
+    native_resolution: Any = key("finetune / test resolution in pixels", int, ge=1,
+                                 null="the model size's native resolution (imagenet only)")
+    half_resolution: Any = key("training resolution in pixels (~half the native pixels)", int, ge=1,
+                               null="the model size's half resolution (imagenet only)")
+    crop_pct: Any = key("eval: resize the short side to S / crop_pct, centre-crop S", float, gt=0, le=1,
+                        optional=True)
+    train_scale: Any = key("Inception crop (RandomResizedCrop) area range [lo, hi]", list, length=2, ascending=True,
+                           item=rule("", float, gt=0, le=1))
+    train_ratio: Any = key("Inception crop aspect-ratio range [lo, hi]", list, length=2, ascending=True,
+                           item=rule("", float, gt=0))
+    hflip: Any = key("random horizontal flips in training", bool, optional=True)
+    interpolation: Any = key("of the resizes", choices=INTERPOLATIONS, optional=True)
+    mean: Any = key("per-channel mean, 0-1 units", list, length=3, item=rule("", float, ge=0, le=1),
+                    null="the dataset's statistics")
+    std: Any = key("per-channel std, 0-1 units", list, length=3, item=rule("", float, gt=0),
+                   null="the dataset's statistics")
+    test_resolutions: Any = key("evaluated after training", list, item=rule("", int, ge=1),
+                                null="{train, native, native + 32}", optional=True)
+    verify_images: Any = key("open every image file before training", bool, optional=True,
+                             auto=f"when there are <= {VERIFY_AUTO_MAX_FILES} files")
+    num_workers: Any = key("data loader workers per process", int, ge=0,
+                           auto="CPUs per training process - 1, at most 8")
 
 
-def _triple(key: str, value, positive: bool) -> tuple[float, float, float] | None:
-    if value is None:
-        return None
-    ok = (isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_num(v) for v in value)
-          and all(v > 0 if positive else 0 <= v <= 1 for v in value))
-    if not ok:
-        raise _err(key, value, f"null (dataset default) or 3 per-channel values in 0-1 units"
-                               f"{' > 0' if positive else ''}")
-    return tuple(float(v) for v in value)
-
-
-def _flag(v) -> bool:
-    return isinstance(v, bool)
-
-
-# key -> (accepts the value?, what is allowed); a key is checked where the source takes it.
-CHECKS = {
-    "num_classes": (lambda v: v is None or (_is_int(v) and v >= 1), "null (infer from the data) or a positive integer"),
-    "split_fraction": (lambda v: v is None or (_is_num(v) and 0 < v < 1),
-                       "null (use root/train and root/val) or the training fraction, 0 < f < 1"),
-    "split_seed": (_is_int, "an integer"),
-    "download": (_flag, "true or false"),
-    "hflip": (_flag, "true or false"),
-    "crop_pct": (lambda v: _is_num(v) and 0 < v <= 1, "0 < crop_pct <= 1 (eval resizes to S / crop_pct, then crops S)"),
-    "interpolation": (lambda v: v in INTERPOLATIONS, ", ".join(INTERPOLATIONS)),
-    "verify_images": (lambda v: v in (True, False, "auto"), "true, false or auto (verify when <= 20000 files)"),
-    "test_resolutions": (lambda v: v is None or (isinstance(v, (list, tuple)) and v and all(_is_int(r) and r > 0
-                                                                                           for r in v)),
-                         "null (train, native and native + 32) or a list of positive pixels"),
-    "num_workers": (lambda v: v == "auto" or (_is_int(v) and v >= 0), "an integer >= 0 or auto (from the CPUs)"),
-}
-SYNTHETIC_CHECKS = {"train_size": (lambda v: _is_int(v) and v >= 1, "a positive integer number of images"),
-                    "val_size": (lambda v: _is_int(v) and v >= 1, "a positive integer number of images"),
-                    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0")}
-
-
-def _defaults(raw: dict) -> dict:
-    """The arguments the source of `raw` takes, with their defaults: a shipped source's yaml, or for a source of
-    the user's own (a `_target_` class that no shipped yaml names) the composed config itself, its yaml."""
+def _defaults(raw: dict) -> tuple[type, dict]:
+    """The source class of `raw` and the arguments it takes, with their defaults: a shipped source's yaml, or for a
+    source of the user's own (a `_target_` class that no shipped yaml names) the composed config itself, its yaml."""
     name, target = raw.get("name", "synthetic"), raw.get("_target_")
-    if name in NAMES and target in (None, source_defaults(name)["_target_"]):
-        return source_defaults(name)
-    if target is None:
+    shipped = name in NAMES and target in (None, source_defaults(name)["_target_"])
+    if target is None and not shipped:
         raise _err("name", name, ", ".join(NAMES) + " (the shipped sources), or a config whose _target_ names a "
                                  "DataSource class")
+    target = target or source_defaults(name)["_target_"]
     try:
         cls = get_class(target)
     except Exception as e:  # noqa: BLE001  (any import failure of the user's module is the same config error)
@@ -132,47 +125,51 @@ def _defaults(raw: dict) -> dict:
 
     if not (isinstance(cls, type) and issubclass(cls, DataSource)):
         raise _err("_target_", target, "a subclass of g16net.data.DataSource")
+    if shipped:
+        return cls, source_defaults(name)
     missing = [k for k in COMMON_KEYS if k not in raw]
     if missing:
         raise ValueError(f"data config of {target} lacks key(s) {missing}; every source's yaml sets "
                          f"{', '.join(COMMON_KEYS)} (conf/data/synthetic.yaml shows them)")
-    return raw
+    return cls, raw
+
+
+def declares_own_keys(cls: type) -> bool:
+    """The package's sources declare every key they read. A user's class that declares no Config of its own may
+    take keys nobody declared (its yaml lists them); the keys it inherits are checked all the same."""
+    return cls.__module__.startswith("g16net.") or any(
+        "Config" in vars(c) for c in cls.__mro__ if not c.__module__.startswith("g16net."))
+
+
+def problems(cfg, extra=None) -> tuple[dict, list[str]]:
+    """(the source's defaults updated with `cfg`, one line per bad key). `extra(key, value)` judges the keys a
+    user's class takes without declaring them (None = accept them: they come from its own yaml)."""
+    raw = to_dict(cfg)
+    cls, defaults = _defaults(raw)
+    c = {**defaults, **raw}
+    if isinstance(defaults.get("synthetic"), Mapping) and isinstance(raw.get("synthetic"), Mapping):
+        c["synthetic"] = {**defaults["synthetic"], **raw["synthetic"]}
+    if declares_own_keys(cls):
+        extra = None
+    else:
+        extra = extra or (lambda k, v: None)
+    return c, schema.problems(cls.Config, c, "data.", extra)
 
 
 def validate(cfg) -> dict:
-    """The source's defaults (its yaml) updated with `cfg`, type-checked; raises ValueError naming the first bad
-    key. Keys another source takes are unknown here."""
-    raw = to_dict(cfg)
-    defaults = _defaults(raw)
-    c = _merged("", defaults, raw, f" for data.name={raw.get('name', 'synthetic')!r}")
-    if "synthetic" in c:
-        c["synthetic"] = _merged("synthetic.", defaults["synthetic"] or {}, c["synthetic"] or {})
-        _check(c["synthetic"], SYNTHETIC_CHECKS, "synthetic.")
-    _check(c, CHECKS)
-    for key in ("native_resolution", "half_resolution"):
-        c[key] = None if c[key] == MISSING else c[key]
-        if c[key] is not None:
-            check_resolution(key, c[key])
-    c["train_scale"] = _pair("train_scale", c["train_scale"], 0, 1)
-    c["train_ratio"] = _pair("train_ratio", c["train_ratio"], 0, math.inf)
-    c["mean"] = _triple("mean", c["mean"], positive=False)
-    c["std"] = _triple("std", c["std"], positive=True)
+    """The source's defaults (its yaml) updated with `cfg`, checked against its class's Config; raises ValueError
+    naming every bad key."""
+    c, bad = problems(cfg)
+    if bad:
+        raise ValueError("\n".join(bad))
+    for k in ("native_resolution", "half_resolution"):
+        c[k] = None if c[k] == MISSING else c[k]
+    c["train_scale"] = tuple(float(v) for v in c["train_scale"])
+    c["train_ratio"] = tuple(float(v) for v in c["train_ratio"])
+    for k in ("mean", "std"):
+        c[k] = None if c[k] is None else tuple(float(v) for v in c[k])
     if c["num_workers"] == "auto":
         c["num_workers"] = auto_workers()
     return c
 
 
-def _merged(prefix: str, defaults: dict, given, where: str = "") -> dict:
-    if not isinstance(given, Mapping):
-        raise _err(prefix.rstrip("."), given, "a mapping with keys " + ", ".join(defaults))
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown data{'.' + prefix.rstrip('.') if prefix else ' config'} key(s) {unknown}{where}; "
-                         f"allowed: {', '.join(defaults)}")
-    return {**defaults, **given}
-
-
-def _check(c: dict, checks: dict, prefix: str = "") -> None:
-    for key, (ok, allowed) in checks.items():
-        if key in c and not ok(c[key]):
-            raise _err(prefix + key, c[key], allowed)

@@ -8,14 +8,18 @@ the (possibly long) file scan on first use.
 
 import random
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
+from ..core.schema import key
 from . import transforms
+from .config import DataConfig
 from .source import DataSource
 
 
@@ -84,8 +88,22 @@ def stratified_split(samples: list[tuple[str, int]], fraction: float, seed: int)
     return sorted(train, key=lambda s: (s[1], s[0])), sorted(val, key=lambda s: (s[1], s[0]))
 
 
+@dataclass
+class ImageNetConfig(DataConfig):
+    root: Any = key("the folder holding train/ and val/", str,
+                    allowed="the path of the dataset's folder, e.g. data.root=/datasets/<name>")
+
+
+@dataclass
+class ImageFolderConfig(ImageNetConfig):
+    split_fraction: Any = key("training fraction of each class of root/<class>/", float, gt=0, lt=1,
+                              null="use root/train and root/val", optional=True)
+    split_seed: Any = key("seed of that split", int, ge=0, optional=True)
+
+
 class ImageFolderSource(DataSource):
     """root/{train,val}/<class>/ or, with split_fraction, root/<class>/ split deterministically."""
+    Config = ImageFolderConfig
     allow_split = True
 
     def __init__(self, c: dict):
@@ -167,4 +185,5 @@ class ImageFolderSource(DataSource):
 
 class ImageNetSource(ImageFolderSource):
     """ImageNet: root/train/<wnid>/ and root/val/<wnid>/ only."""
+    Config = ImageNetConfig
     allow_split = False

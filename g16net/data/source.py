@@ -2,9 +2,7 @@
 
 import torch
 
-from .config import check_resolution
-
-VERIFY_AUTO_MAX_FILES = 20000
+from .config import VERIFY_AUTO_MAX_FILES, DataConfig, check_resolution
 
 
 class DataSource:
@@ -22,6 +20,7 @@ class DataSource:
     std: tuple[float, float, float]
     class_names: list[str]
     verify_images: bool | str = "auto"
+    Config = DataConfig  # the keys its config takes (a subclass of DataConfig declares a source's own)
 
     def train_dataset(self, resolution: int, eval_transform: bool = False) -> torch.utils.data.Dataset:
         """Training split at `resolution`; eval_transform=True swaps augmentation for eval preprocessing."""

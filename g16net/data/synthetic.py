@@ -39,11 +39,15 @@ train/test resolution discrepancy that half-resolution training plus native-reso
 import contextlib
 import math
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from ..core.schema import key, section
+from .config import DataConfig
 from .source import DataSource
 from .transforms import interpolation_mode
 
@@ -274,8 +278,21 @@ class SyntheticRenderer:
         return SyntheticImages(self.images(resolution), self.labels, transform)
 
 
+@dataclass
+class SyntheticSizes:
+    train_size: Any = key("training images", int, ge=1)
+    val_size: Any = key("validation images", int, ge=1)
+    seed: Any = key("same seed -> identical images and labels in every process", int, ge=0)
+
+
+@dataclass
+class SyntheticConfig(DataConfig):
+    synthetic: Any = section(SyntheticSizes, "the rendered set")
+
+
 class SyntheticSource(DataSource):
     """The `synthetic` dataset: train/val splits drawn from the same seed, rendered on demand per resolution."""
+    Config = SyntheticConfig
 
     def __init__(self, c: dict):
         syn = c["synthetic"]
