@@ -33,7 +33,7 @@ DOC_FILES = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "paper_figs" / "R
              *sorted((ROOT / "docs").glob("*.md"))]
 # Written by other work streams; links to them may come before the pages do.
 PENDING_PAGES = {ROOT / "docs" / "config.md", ROOT / "docs" / "diagnostics.md"}
-ARGPARSE_CLIS = ("collect", "figs", "bench")
+ARGPARSE_CLIS = ("collect", "figs", "bench", "diagnose")
 STUDY_SCRIPTS = {"study.sh": None, "pareto_study.sh": "pareto", "norm_ablation.sh": "norm_ablation"}
 # A synopsis (`python -m g16net.train [key=value ...]`) names a form, not a command; code blocks hold only commands.
 SYNOPSIS = re.compile(r" \[|\.\.\.|\||<")
@@ -241,7 +241,7 @@ def test_documented_command_runs_as_written(argv, monkeypatch, tmp_path):
         _check_eval(args)
     elif module in ARGPARSE_CLIS:
         cli = importlib.import_module(f"g16net.{module}")
-        _check_argparse(monkeypatch, cli.parse_args if module == "bench" else cli.main, args)
+        _check_argparse(monkeypatch, cli.parse_args if module in ("bench", "diagnose") else cli.main, args)
     else:
         pytest.fail(f"python -m g16net.{module}: no check for this command line tool; add one to this test")
 
