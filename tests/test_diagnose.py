@@ -114,8 +114,8 @@ def test_cli_writes_csv_and_figure(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override, match", [
-    ("diagnostics.every_epoch=maybe", "diagnostics.every_epoch='maybe' must be true or false"),
-    ("diagnostics.batch_size=1", "diagnostics.batch_size=1 must be an integer >= 2"),
+    ("diagnostics.every_epoch=maybe", "diagnostics.every_epoch='maybe' is invalid; allowed: true or false"),
+    ("diagnostics.batch_size=1", "diagnostics.batch_size=1 is invalid; allowed: an integer >= 2"),
     ("backend=ipu", "diagnostics.every_epoch=true is recorded by backend=lightning only"),
 ])
 def test_bad_diagnostics_config_is_refused(override, match):

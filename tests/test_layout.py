@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "g16net"
-LAYERS = [("models",), ("efficiency",), ("core",), ("data", "studies"), ("backends",), ("run",), ("<top>",)]
+LAYERS = [("models",), ("efficiency",), ("core",), ("data", "studies", "diagnostics"), ("backends",), ("run",),
+          ("<top>",)]
 RANK = {part: i for i, parts in enumerate(LAYERS) for part in parts}
 
 

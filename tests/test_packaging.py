@@ -17,7 +17,7 @@ from .conftest import ROOT
 
 # What a wheel is built from (the sdist's content): the rest of the checkout is not needed.
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "g16net", "conf")
-SCRIPTS = {"g16net-train", "g16net-eval", "g16net-collect", "g16net-figs", "g16net-bench"}
+SCRIPTS = {"g16net-train", "g16net-eval", "g16net-collect", "g16net-figs", "g16net-bench", "g16net-diagnose"}
 
 
 def _pip(*args, cwd=None) -> None:
