@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 import g16net
 from g16net import diagnose
-from g16net.core.config import ConfigError, check_config
+from g16net.checks.config_check import check_config
+from g16net.core.config import ConfigError
 from g16net.diagnostics import TERMS, diagnose_model, norm_layers, power_terms
 from g16net.run.runner import DIAGNOSTICS_CSV, run
 

@@ -25,7 +25,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import open_dict
 
-from g16net.core.config import check_config
+from g16net.checks.config_check import check_config
 
 from .conftest import ROOT, compose_cfg
 

@@ -2,8 +2,10 @@
 
     entry points   g16net/*.py (train, eval, collect, figs, bench, ...) and g16net/__init__.py
     run            g16net/run/
+    checks         g16net/checks/      the training config's schema and checks: gathers the data sources' and
+                                       backends' own schemas, runs before the run touches anything
     backends       g16net/backends/
-    data, studies  g16net/data/, g16net/studies/
+    data, studies, diagnostics   g16net/data/, g16net/studies/, g16net/diagnostics/
     core           g16net/core/        what the run and the backends both use
     efficiency     g16net/efficiency/
     models         g16net/models/
@@ -19,8 +21,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "g16net"
-LAYERS = [("models",), ("efficiency",), ("core",), ("data", "studies", "diagnostics"), ("backends",), ("run",),
-          ("<top>",)]
+LAYERS = [("models",), ("efficiency",), ("core",), ("data", "studies", "diagnostics"), ("backends",), ("checks",),
+          ("run",), ("<top>",)]
 RANK = {part: i for i, parts in enumerate(LAYERS) for part in parts}
 
 

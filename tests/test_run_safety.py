@@ -14,7 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from g16net.backends.lit_module import LitClassifier, NonFiniteLossError
-from g16net.core.config import ConfigError, check_config
+from g16net.checks.config_check import check_config
+from g16net.core.config import ConfigError
 from g16net.core.run_io import atomic_write_json
 from g16net.core.run_safety import RunDirRefused
 from g16net.data.config import auto_workers

@@ -11,10 +11,11 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from g16net.core.config import ConfigError, check_config, config_problems, known_keys
-from g16net.core.config_doc import markdown
+from g16net.checks.config_check import check_config, config_problems, known_keys
+from g16net.checks.config_doc import markdown
+from g16net.checks.train_schema import TrainConfig
+from g16net.core.config import ConfigError
 from g16net.core.schema import Rule, is_schema, key, rules
-from g16net.core.train_schema import TrainConfig
 from g16net.data.config import CONF_DATA, NAMES, source_defaults
 from g16net.data.config import problems as data_problems
 from g16net.data.synthetic import SyntheticConfig, SyntheticSource
@@ -141,7 +142,7 @@ def test_every_key_in_conf_is_declared():
     declared = {k for k, _, _ in rules(TrainConfig)}
     declared |= {k for name in NAMES for k, _, _ in rules(_source_class(name).Config, "data.")}
     undeclared = sorted(k for k in known_keys() if k.split(".")[0] != "hydra" and k not in declared)
-    assert undeclared == [], f"keys set in conf/ but not in the schema (g16net/core/train_schema.py): {undeclared}"
+    assert undeclared == [], f"keys set in conf/ but not in the schema (g16net/checks/train_schema.py): {undeclared}"
     # and every data source's yaml sets only what its class declares
     for name in NAMES:
         assert set(yaml.safe_load((CONF_DATA / f"{name}.yaml").read_text())) <= \
@@ -167,7 +168,7 @@ def test_all_bad_keys_at_once_and_unknown_keys_named(base):
 
 def test_reference_is_in_step_with_the_schema():
     assert (ROOT / "docs" / "config.md").read_text() == markdown() + "\n", \
-        "docs/config.md is stale: python -m g16net.core.config_doc > docs/config.md"
+        "docs/config.md is stale: python -m g16net.checks.config_doc > docs/config.md"
     help_template = compose_cfg(return_hydra_config=True).hydra.help.template  # what --help prints
     assert "docs/config.md" in help_template
 

@@ -15,7 +15,8 @@ from timm.layers import DropPath
 
 import g16net
 from g16net.backends.lit_module import LitClassifier, NonFiniteLossError, finetune_modes
-from g16net.core.config import ConfigError, check_config
+from g16net.checks.config_check import check_config
+from g16net.core.config import ConfigError
 from g16net.core.recipe import build_mixup
 from g16net.efficiency.measure import count_params
 from g16net.models import SIZES
@@ -225,7 +226,7 @@ def test_cli_errors_are_clear_and_early(tmp_path):
     assert json.loads((tmp_path / "r1" / "error.json").read_text())["status"] == "failed"
     proc = run_cli([*TINY, "norm=batchnorm", f"hydra.run.dir={tmp_path / 'r2'}"], check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "norm=batchnorm is not allowed; allowed: bn, evos0, gn, gn_pn, ln, ln_pn" in proc.stderr
+    assert "norm=batchnorm is not allowed; allowed: bn, evos0, gn, gn_pn, in, ln, ln_pn, ln_ws" in proc.stderr
     assert not (tmp_path / "r2").exists()
 
 

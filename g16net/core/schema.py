@@ -7,7 +7,7 @@ null and auto mean, a one-line description). The yaml files keep the defaults; t
 
 A section is a field whose default is another schema dataclass (`section(Ema)`). `problems(Schema, values)`
 returns one `key=value is invalid; allowed: ...` line per bad key, so a command learns all of them at once;
-`python -m g16net.core.config_doc` prints the reference (docs/config.md) from the same declarations.
+`python -m g16net.checks.config_doc` prints the reference (docs/config.md) from the same declarations.
 
 The walk is plain Python over a plain dict: no Hydra type coercion (OmegaConf 2.3 has no unions such as
 "auto or a number"), so an override like `ema.decay=auto` reaches the check as typed and is named there.

@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..backends import get_backend
 from ..backends.callbacks import say
+from ..checks.config_check import check_config
 from ..core.backend_api import Phase
-from ..core.config import ConfigError, RunPlan, check_config, model_kwargs, plan_run
+from ..core.config import ConfigError, RunPlan, model_kwargs, plan_run
 from ..core.metrics import EvalRow, ModelInfo, RunMetrics
 from ..core.recipe import SHORT_RUN_UPDATES, build_mixup, label_smoothing, regularization_scale, scaled_schedule
 from ..core.run_io import ERROR, METRICS, atomic_write_json, atomic_write_torch

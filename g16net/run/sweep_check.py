@@ -33,7 +33,7 @@ class CheckSweepJobs(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra import compose
 
-        from ..core.config import config_dirs, config_problems
+        from ..checks.config_check import config_dirs, config_problems
 
         jobs = sweep_jobs(config)
         if not jobs:

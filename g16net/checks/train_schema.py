@@ -2,7 +2,7 @@
 
 A new key is one line in its section below (`name: Any = key("what it is", type, bounds..., null=..., auto=...)`),
 a new section one `section(...)` line and its dataclass; docs/config.md is regenerated with
-`python -m g16net.core.config_doc > docs/config.md`. The `data` section is declared by the data source's
+`python -m g16net.checks.config_doc > docs/config.md`. The `data` section is declared by the data source's
 class (`Config` of g16net.data.DataSource subclasses), the `ipu` section in g16net/backends/ipu_schema.py.
 """
 
@@ -16,9 +16,9 @@ from hydra.core.config_store import ConfigStore
 
 from ..backends import BACKENDS
 from ..backends.ipu_schema import IpuConfig
+from ..core.schema import key, rule, section
 from ..data.config import DataConfig
 from ..models import SIZES
-from .schema import key, rule, section
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")

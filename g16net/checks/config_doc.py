@@ -1,8 +1,8 @@
-"""docs/config.md, generated from the schema: `python -m g16net.core.config_doc > docs/config.md`."""
+"""docs/config.md, generated from the schema: `python -m g16net.checks.config_doc > docs/config.md`."""
 
 from collections.abc import Mapping
 
-from .schema import MISSING, describe, fmt, is_schema, rules
+from ..core.schema import MISSING, describe, fmt, is_schema, rules
 
 
 def _cell(text) -> str:
@@ -62,16 +62,16 @@ def markdown() -> str:
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
+    from ..core.conf_path import CONF_DIR
     from ..data.config import CONF_DATA, NAMES
-    from .conf_path import CONF_DIR
     from .train_schema import TrainConfig
 
     out = [
         "# Configuration reference",
         "",
-        "<!-- Generated from the schema (g16net/core/train_schema.py, the data sources' `Config`, "
+        "<!-- Generated from the schema (g16net/checks/train_schema.py, the data sources' `Config`, "
         "g16net/backends/ipu_schema.py):",
-        "     python -m g16net.core.config_doc > docs/config.md   (a test checks that this file is in step) -->",
+        "     python -m g16net.checks.config_doc > docs/config.md   (a test checks that this file is in step) -->",
         "",
         "Every key of `python -m g16net.train`, what it allows and its default (the yaml files in `conf/` hold the "
         "defaults;",
