@@ -183,12 +183,17 @@ def _jobs(preset: str, full: bool) -> list[list[str]]:
             for v in vals]
 
 
+def _job_config(preset, job):
+    cfg = compose_cfg([f"sweep={preset}", *job])
+    if OmegaConf.is_missing(cfg.data, "root"):
+        cfg.data.root = "/datasets/imagenet"
+    return cfg
+
+
 @pytest.mark.parametrize("preset", ["pareto", "pareto_cpu", "norm_ablation", "norm_ablation_cpu"])
 def test_presets_and_their_sweep_jobs_validate(preset):
     for job in _jobs(preset, full=False):
-        cfg = compose_cfg([f"sweep={preset}", *job])
-        if OmegaConf.is_missing(cfg.data, "root"):
-            cfg.data.root = "/datasets/imagenet"
+        cfg = _job_config(preset, job)
         assert config_problems(cfg) == [], job
     check_config(cfg)  # the rules between keys and the model too, for one job of each
 
@@ -197,10 +202,7 @@ def test_presets_and_their_sweep_jobs_validate(preset):
 @pytest.mark.parametrize("preset", ["pareto", "pareto_cpu", "norm_ablation", "norm_ablation_cpu"])
 def test_every_sweep_job_validates(preset):
     for job in _jobs(preset, full=True):
-        cfg = compose_cfg([f"sweep={preset}", *job])
-        if OmegaConf.is_missing(cfg.data, "root"):
-            cfg.data.root = "/datasets/imagenet"
-        check_config(cfg)
+        check_config(_job_config(preset, job))
 
 
 def test_paper_preset_validates():
