@@ -83,6 +83,22 @@ def test_bench_base_prices_proxy_norm_against_plain_ln(tmp_path, capsys):
         assert r["range"] == f"{float(r['ratio_lo']):.2f}-{float(r['ratio_hi']):.2f}"
 
 
+# One model, no peer, 32 px, batch 2: each path runs for real in a second or so; torch.compile takes far longer.
+TINY_BENCH = ["--norms", "ln_pn", "--pn-impl", "fused", "--peers", "", "--res", "32", "--batch", "2", "--warmup",
+              "1", "--steps", "1", "--repeats", "1", "--num-classes", "10"]
+
+
+@pytest.mark.parametrize("flags, want", [
+    (["--layout", "nhwc", "--precision", "bf16"], ("nhwc", "bf16", 0)),
+    pytest.param(["--compile", "1", "--modes", "infer"], ("nchw", "fp32", 1), marks=pytest.mark.slow),
+])
+def test_bench_layout_precision_and_compile_paths_run(flags, want, capsys):
+    rows = bench.run(bench.parse_args([*TINY_BENCH, *flags]))
+    modes = ["infer"] if "--modes" in flags else ["train", "infer"]
+    assert [(r["mode"], r["layout"], r["prec"], r["comp"]) for r in rows] == [(m, *want) for m in modes]
+    assert all(r["img/s"] > 0 for r in rows)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--norms", "ln,ln_pn", "--base", "gn"], "--base 'gn' is neither a peer nor a norm of this run"),
     (["--norms", "batchnorm"], "--norms: unknown ['batchnorm']; allowed: bn, gn, ln, ln_pn, gn_pn"),

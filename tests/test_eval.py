@@ -15,21 +15,13 @@ from omegaconf import OmegaConf
 import g16net
 from g16net.core.config import ConfigError
 from g16net.eval import evaluate
-from g16net.run.runner import run
 
-from .conftest import CONF, TINY, compose_cfg
-
-# A finished run in seconds: 4 training steps, 1 finetuning epoch, one validation batch per resolution.
-RUN = [*TINY, "throughput.enabled=false", "eval.before_finetune=false", "data.synthetic.train_size=64",
-       "data.synthetic.val_size=32", "eval.resolutions=[32,64]"]
+from .conftest import CONF
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    cfg = compose_cfg(RUN)
-    run(cfg, run_dir, hydra_files={"config.yaml": cfg})
-    return run_dir
+@pytest.fixture
+def finished_run(smoke_run):
+    return smoke_run  # read only: the tests below copy what they change
 
 
 def eval_cfg(*overrides):

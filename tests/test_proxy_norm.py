@@ -268,8 +268,10 @@ def test_proxy_moments_on_cuda_in_one_pass_match_cpu_chunks_and_fp64():
 @pytest.mark.parametrize("autocast_dtype, atol", [(None, 1e-5), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("size", [8, 5, 2, 1])  # CPU: the kernel from 4x4; under it flat ops, (H x W, N, C) sums
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no GPU"))])  # CUDA takes plain ops where the CPU takes norm kernels
+# CUDA takes plain ops where the CPU takes norm kernels; the CPU kernel switch (cpu_path) means nothing there, so
+# CUDA runs once, with the switch off.
+@pytest.mark.parametrize("device, cpu_path", [("cpu", "kernel"), ("cpu", "aten"), pytest.param(
+    "cuda", "aten", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))], indirect=["cpu_path"])
 def test_fast_path_matches_reference_formula(groups, mode, autocast_dtype, atol, memory_format, size, device, cpu_path):
     layer = _random_params(GroupNormProxyAct2d(8, num_groups=groups), seed=groups).to(device)
     getattr(layer, mode)()

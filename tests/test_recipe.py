@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import g16net
 from g16net.core.config import model_kwargs
@@ -141,14 +140,8 @@ def test_short_runs_keep_the_papers_schedule_shape(epochs):
     assert plan.rmsprop_alpha == 1 - 768 / 16384 and plan.finetune_rmsprop_alpha == 1 - 512 / 16384
 
 
-def test_paper_preset_is_the_papers_recipe_unscaled(tmp_path):
-    root = tmp_path / "imagenet"
-    for split in ("train", "val"):
-        for c in ("a", "b"):
-            (root / split / c).mkdir(parents=True)
-            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / split / c / "0.png")
-    cfg, plan = _plan(["experiment=paper_imagenet", f"data.root={root}", "trainer.accelerator=cpu",
-                       "trainer.precision=32-true"])
+def test_paper_preset_is_the_papers_recipe_unscaled(paper_cfg):
+    cfg, plan = paper_cfg
     sched, ema = scaled_schedule(cfg.scheduler, cfg.ema, plan.time_scale)
     assert plan.time_scale == 1 and (sched.warmup_epochs, sched.decay_epochs, ema.decay) == (5, 2.4, 0.97)
     assert (plan.lr, plan.rmsprop_alpha) == (0.046875, 0.953125)

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -21,8 +20,7 @@ from g16net.core.run_safety import RunDirRefused
 from g16net.data.config import auto_workers
 from g16net.run.runner import run
 
-from .conftest import ROOT, TINY, compose_cfg, run_cli
-from .test_train import _image_folder
+from .conftest import ROOT, SMOKE, TINY, compose_cfg, image_tree, run_cli, start_and_signal
 
 
 def _snapshot(d):
@@ -46,22 +44,10 @@ def _finished_run(d, overrides=()):
     return d
 
 
-def _sigterm_once_written(args, path) -> tuple[int, str]:
-    """`python -m g16net.train ARGS`, sent SIGTERM as soon as `path` exists; (exit code, output)."""
-    proc = subprocess.Popen([sys.executable, "-m", "g16net.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    deadline = time.time() + 400
-    while not path.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    return proc.returncode, out
-
-
 def test_sigterm_exits_143_records_why_and_resume_keeps_history(tmp_path):
     args = [*TINY, "logger=csv", "epochs=3", "trainer.limit_train_batches=20", "finetune.epochs=1",
             "eval.before_finetune=false", "throughput.enabled=false", f"hydra.run.dir={tmp_path}"]
-    code, out = _sigterm_once_written(args, tmp_path / "checkpoints" / "train" / "last.ckpt")
+    code, out = start_and_signal(args, tmp_path / "checkpoints" / "train" / "last.ckpt")
     assert code == 143, out[-3000:]
     err = json.loads((tmp_path / "error.json").read_text())
     assert err["status"] == "stopped" and "SIGTERM" in err["error"] and err["last_checkpoint"].endswith("last.ckpt")
@@ -199,7 +185,7 @@ def test_finetune_mixup_batch_fails_before_training(tmp_path):
 
 
 def test_single_class_and_empty_class_folders_are_named(tmp_path):
-    one = _image_folder(tmp_path / "one", classes=1, per_class=2)
+    one = image_tree(tmp_path / "one", classes=1, per_class=2)
     with pytest.raises(ConfigError, match=r"has 1 class folder \('class_0'\).*at least 2"):
         run(compose_cfg([*TINY, "data=imagefolder", f"data.root={one}"]), tmp_path / "r1")
     empty = tmp_path / "empty"
@@ -242,14 +228,12 @@ def test_help_lists_the_main_knobs():
         assert needle in out
 
 
-def test_checkpoint_from_another_model_is_named_before_training(tmp_path):
+def test_checkpoint_from_another_model_is_named_before_training(smoke_run, tmp_path):
     """ckpt_path=PATH made with norm=ln_pn, resumed with norm=gn: a clean error naming the differing config key,
     before any epoch (no logs written), instead of Lightning's state_dict dump."""
-    src = tmp_path / "src"
-    run_cli([*TINY, "finetune.epochs=0", "throughput.enabled=false", f"hydra.run.dir={src}"])
-    ckpt = src / "checkpoints" / "train" / "last.ckpt"
+    ckpt = smoke_run / "checkpoints" / "train" / "last.ckpt"
     dst = tmp_path / "dst"
-    proc = run_cli([*TINY, "norm=gn", f"ckpt_path={ckpt}", f"hydra.run.dir={dst}"], check=False)
+    proc = run_cli([*SMOKE, "norm=gn", f"ckpt_path={ckpt}", f"hydra.run.dir={dst}"], check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     assert "was made with another model" in out and "norm.name: run has 'ln_pn', this command 'gn'" in out
@@ -260,7 +244,7 @@ def test_sigterm_inside_a_sweep_stops_it_non_zero_and_records_why(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *TINY, "norm=gn,ln_pn", "epochs=3", "trainer.limit_train_batches=20", "finetune.epochs=1",
             "eval.before_finetune=false", "throughput.enabled=false", f"hydra.sweep.dir={sweep}"]
-    code, out = _sigterm_once_written(args, sweep / "0" / "checkpoints" / "train" / "last.ckpt")
+    code, out = start_and_signal(args, sweep / "0" / "checkpoints" / "train" / "last.ckpt")
     assert code == 143, out[-3000:]
     err = json.loads((sweep / "0" / "error.json").read_text())
     assert err["status"] == "stopped" and "SIGTERM" in err["error"]

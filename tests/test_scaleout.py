@@ -1,25 +1,20 @@
 """Scale-out on the existing engines: Lightning DDP (2 CPU processes, gloo), Hydra's submitit launchers, SLURM
 requeue-resume, and W&B offline logging, each through the real command line."""
 
-import json
 
 import pytest
 from hydra.utils import instantiate
 
-from .conftest import ROOT, TINY, compose_cfg, run_cli
+from .conftest import ROOT, SMOKE, TINY, compose_cfg, copy_run, read_metrics, run_cli
 
 DDP_CPU = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
-
-
-def _metrics(run_dir):
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_ddp_two_processes_write_one_run(tmp_path):
     cwd, run_dir = tmp_path / "cwd", tmp_path / "run"
     cwd.mkdir()
     run_cli([*TINY, *DDP_CPU, f"hydra.run.dir={run_dir}"], cwd=cwd)
-    m = _metrics(run_dir)
+    m = read_metrics(run_dir)
     assert (m["world_size"], m["global_batch_size"], m["per_device_batch_size"]) == (2, 16, 8)
     assert m["lr"] == pytest.approx(16 * 2**-17)  # scaled from the global batch, not the per-device one
     assert list(cwd.iterdir()) == []  # rank 1 reused rank 0's run dir: no stray outputs/ anywhere
@@ -34,15 +29,15 @@ def test_ddp_inside_a_sweep_keeps_one_dir_per_job(tmp_path):
     run_cli(["-m", *TINY, *DDP_CPU, "norm=gn,ln_pn", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]
-    assert [_metrics(sweep / j)["world_size"] for j in jobs] == [2, 2]
-    assert [_metrics(sweep / j)["model"]["norm"] for j in jobs] == ["gn", "ln_pn"]
+    assert [read_metrics(sweep / j)["world_size"] for j in jobs] == [2, 2]
+    assert [read_metrics(sweep / j)["model"]["norm"] for j in jobs] == ["gn", "ln_pn"]
 
 
 @pytest.mark.slow
 def test_submitit_local_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli(["-m", *TINY, "hydra/launcher=submitit_local", "norm=gn,ln_pn", f"hydra.sweep.dir={sweep}"])
-    assert sorted(_metrics(sweep / j)["model"]["norm"] for j in ("0", "1")) == ["gn", "ln_pn"]
+    assert sorted(read_metrics(sweep / j)["model"]["norm"] for j in ("0", "1")) == ["gn", "ln_pn"]
 
 
 def test_slurm_preset_has_sane_defaults():
@@ -55,13 +50,13 @@ def test_slurm_preset_has_sane_defaults():
     assert type(slurm).__name__ == "SlurmLauncher"
 
 
-def test_requeued_slurm_job_resumes_instead_of_refusing(tmp_path):
-    run_cli([*TINY, f"hydra.run.dir={tmp_path}"])
-    first = _metrics(tmp_path)
-    refused = run_cli([*TINY, f"hydra.run.dir={tmp_path}"], check=False)
+def test_requeued_slurm_job_resumes_instead_of_refusing(smoke_run, tmp_path):
+    tmp_path = copy_run(smoke_run, tmp_path / "run")
+    first = read_metrics(tmp_path)
+    refused = run_cli([*SMOKE, f"hydra.run.dir={tmp_path}"], check=False)
     assert refused.returncode == 2 and "ckpt_path=last" in refused.stderr + refused.stdout
-    again = run_cli([*TINY, f"hydra.run.dir={tmp_path}"], env={"SLURM_RESTART_COUNT": "1"})  # as on requeue
-    resumed = _metrics(tmp_path)
+    again = run_cli([*SMOKE, f"hydra.run.dir={tmp_path}"], env={"SLURM_RESTART_COUNT": "1"})  # as on requeue
+    resumed = read_metrics(tmp_path)
     # phases reloaded, not retrained
     assert resumed["status"] == "complete" and "phase 'train' already finished" in again.stdout + again.stderr
     assert "phase 'finetune' already finished" in again.stdout + again.stderr

@@ -2,7 +2,6 @@
 of conf/ is declared, the reference docs/config.md is the schema's, and the presets and each sweep's jobs pass."""
 
 import copy
-import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -171,43 +170,6 @@ def test_reference_is_in_step_with_the_schema():
         "docs/config.md is stale: python -m g16net.checks.config_doc > docs/config.md"
     help_template = compose_cfg(return_hydra_config=True).hydra.help.template  # what --help prints
     assert "docs/config.md" in help_template
-
-
-def _jobs(preset: str, full: bool) -> list[list[str]]:
-    """A sweep preset's jobs as override lists: the whole product, or each value of each parameter once."""
-    params = compose_cfg([f"sweep={preset}"], return_hydra_config=True).hydra.sweeper.params
-    values = {k: str(v).split(",") for k, v in params.items()}
-    if full:
-        return [[f"{k}={v}" for k, v in zip(values, combo)] for combo in itertools.product(*values.values())]
-    return [[f"{k}={v if k == key else vs[0]}" for k, vs in values.items()] for key, vals in values.items()
-            for v in vals]
-
-
-def _job_config(preset, job):
-    cfg = compose_cfg([f"sweep={preset}", *job])
-    if OmegaConf.is_missing(cfg.data, "root"):
-        cfg.data.root = "/datasets/imagenet"
-    return cfg
-
-
-@pytest.mark.parametrize("preset", ["pareto", "pareto_cpu", "norm_ablation", "norm_ablation_cpu"])
-def test_presets_and_their_sweep_jobs_validate(preset):
-    for job in _jobs(preset, full=False):
-        cfg = _job_config(preset, job)
-        assert config_problems(cfg) == [], job
-    check_config(cfg)  # the rules between keys and the model too, for one job of each
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("preset", ["pareto", "pareto_cpu", "norm_ablation", "norm_ablation_cpu"])
-def test_every_sweep_job_validates(preset):
-    for job in _jobs(preset, full=True):
-        check_config(_job_config(preset, job))
-
-
-def test_paper_preset_validates():
-    for series in ("g1_gn_baseline", "g16_lnpn_half"):
-        check_config(compose_cfg(["experiment=paper_imagenet", f"series={series}", "data.root=/datasets/imagenet"]))
 
 
 def test_cli_refuses_every_measured_bad_value_at_once_before_the_run_dir(tmp_path):

@@ -3,52 +3,23 @@ and the errors a user hits before training starts."""
 
 import json
 import signal
-import subprocess
-import sys
-import time
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from timm.layers import DropPath
 
 import g16net
 from g16net.backends.lit_module import LitClassifier, NonFiniteLossError, finetune_modes
 from g16net.checks.config_check import check_config
 from g16net.core.config import ConfigError
-from g16net.core.recipe import build_mixup
+from g16net.core.run_safety import RunDirRefused
 from g16net.efficiency.measure import count_params
-from g16net.models import SIZES
 from g16net.run.runner import run
 
-from .conftest import ROOT, TINY, compose_cfg, plan_of, run_cli
+from .conftest import TINY, compose_cfg, image_tree, plan_of, read_metrics, run_cli, start_and_signal
 
 CONTRACT = ("params", "train_resolution", "train_macs", "train_throughput", "eval")
 EVAL_CONTRACT = ("resolution", "top1", "macs", "infer_throughput")
-# The authors' per-size Mixup alpha and CutMix lambda (None: no CutMix).
-PAPER_MIXUP = {"b0": (0.1, None), "b1": (0.1, 0.95), "b2": (0.1, 0.9), "b3": (0.2, 0.9), "b4": (0.2, 0.85),
-               "b5": (0.2, 0.8)}
-SERIES = ("g1_gn_baseline", "g1_gn_native", "g16_gn_native", "g16_gn_half", "g16_lnpn_native", "g16_lnpn_half")
-
-
-def _image_folder(root, classes=3, per_class=6, size=40, splits=("train", "val")):
-    """Real PNG files: class c is a colour ramp with a class-specific hue, plus noise."""
-    rng = np.random.default_rng(0)
-    for split in splits:
-        for c in range(classes):
-            d = root / split / f"class_{c}"
-            d.mkdir(parents=True)
-            for i in range(per_class):
-                img = np.zeros((size, size, 3), np.uint8)
-                img[..., c % 3] = np.linspace(60, 250, size, dtype=np.uint8)[None, :]
-                img = np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(d / f"{i}.png")
-    return root
-
-
-def _metrics(run_dir):
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def _assert_contract(m):
@@ -59,11 +30,10 @@ def _assert_contract(m):
     assert m["config"]["model"]["size"] == m["model"]["size"]
 
 
-def test_main_job_cli_writes_the_contract(tmp_path):
-    out = run_cli(["debug=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"]).stdout
-    m = _metrics(tmp_path)
+def test_main_job_cli_writes_the_contract(smoke_run):
+    tmp_path = smoke_run
+    m = read_metrics(tmp_path)
     _assert_contract(m)
-    assert "training updates; the short-run recipe" not in out  # a run cut short on purpose gets no advice
     assert (m["schedule"], m["finetuned"], m["train_resolution"], m["headline_resolution"]) == ("half", True, 32, 64)
     assert [r["resolution"] for r in m["eval"]] == [32, 64]
     assert [r["resolution"] for r in m["eval_before_finetune"]] == [32, 64]
@@ -82,31 +52,6 @@ def test_a_run_with_few_updates_says_how_many_epochs_reach_the_measured_budget(t
                    "eval.resolutions=[32]", f"hydra.run.dir={tmp_path}"]).stdout
     assert "note: 8 training updates; the short-run recipe was measured at 1000" in out  # 64 / 16 x 2 epochs
     assert "epochs=250 gives that many" in out
-
-
-@pytest.mark.parametrize("size", ["b0", "b1", "b2", "b3", "b4", "b5"])
-def test_paper_presets_compose_and_validate(tmp_path, size):
-    """The 36 runs of the paper's six curves: experiment=paper_imagenet x series x model.size, against a tiny
-    ImageNet layout."""
-    root = _image_folder(tmp_path / "imagenet", classes=2, per_class=1)
-    for series in SERIES:
-        cfg = compose_cfg(["experiment=paper_imagenet", f"series={series}", f"model.size={size}",
-                           f"data.root={root}", "trainer.accelerator=cpu", "trainer.precision=32-true"])
-        check_config(cfg)
-        plan = plan_of(cfg)
-        spec = SIZES[size]
-        native = series.endswith(("native", "baseline"))
-        assert plan.train_res == (spec.native_res if native else spec.half_res)
-        baseline = series.endswith("baseline")  # G1-GN-Baseline: native, no finetuning
-        assert plan.headline_res == spec.native_res and plan.finetune_epochs == (0 if baseline else 2)
-        assert baseline or plan.finetune_res == spec.native_res
-        assert (cfg.model.group_size, cfg.model.expand_ratio) == ((1, 6) if series.split("_")[0] == "g1" else (16, 4))
-        assert cfg.norm.name == ("ln_pn" if "lnpn" in series else "gn")
-        assert (cfg.epochs, cfg.batch_size, plan.lr, plan.rmsprop_alpha) == (350, 768, 0.046875, 0.953125)
-        assert plan.finetune_lr == pytest.approx(0.25)
-        mix = build_mixup(cfg.augment, size, 1000, 0.1)
-        assert (mix.mixup_alpha, mix.cutmix_lambda) == PAPER_MIXUP[size]
-        assert (mix.cutmix_lambda is None) == (size == "b0")
 
 
 @pytest.mark.parametrize("norm", ["ln_pn", "bn"])
@@ -149,11 +94,11 @@ def test_finetune_modes_switch_only_the_head_dropout(dropout):
 
 
 def test_imagefolder_end_to_end(tmp_path):
-    root = _image_folder(tmp_path / "data")
+    root = image_tree(tmp_path / "data")
     out = tmp_path / "run"
     run_cli([*TINY, "data=imagefolder", f"data.root={root}", "data.native_resolution=64", "data.half_resolution=32",
              "data.num_workers=0", f"hydra.run.dir={out}"])
-    m = _metrics(out)
+    m = read_metrics(out)
     _assert_contract(m)
     assert (m["dataset"], m["num_classes"]) == ("imagefolder", 3)
 
@@ -163,21 +108,16 @@ def test_resume_after_kill(tmp_path):
     same run dir, and end with every epoch done and a complete metrics.json."""
     # 30 batches per epoch: long enough (seconds) to kill the job between two epochs' checkpoints.
     args = [*TINY, "epochs=3", "trainer.limit_train_batches=30", "finetune.epochs=1", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, "-m", "g16net.train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     last = tmp_path / "checkpoints" / "train" / "last.ckpt"
-    deadline = time.time() + 300
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # Lightning writes checkpoints to a temp file and renames: never half-written
-    proc.wait()
+    # Lightning writes checkpoints to a temp file and renames: never half-written
+    start_and_signal(args, last, signal.SIGKILL)
     assert last.exists() and not (tmp_path / "metrics.json").exists()
     epoch_at_kill = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
     assert epoch_at_kill < 3
-    with pytest.raises(AssertionError, match="ckpt_path=last"):  # a fresh start would clobber it: refused
-        run_cli(args)
+    with pytest.raises(RunDirRefused, match="ckpt_path=last"):  # a fresh start would clobber it: refused
+        run(compose_cfg(args[:-1]), tmp_path)
     run_cli([*args, "ckpt_path=last"])
-    m = _metrics(tmp_path)
+    m = read_metrics(tmp_path)
     _assert_contract(m)
     assert (m["epochs"], m["finetune_epochs"]) == (3, 1)
 
@@ -217,6 +157,21 @@ def test_bad_config_fails_before_training(tmp_path, overrides, message):
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_train_above_test_resolution_runs_when_allowed():
+    cfg = compose_cfg([*TINY, "resolution.train=128", "resolution.allow_train_above_test=true"])
+    check_config(cfg)
+    assert (plan_of(cfg).train_res, plan_of(cfg).finetune_res) == (128, 64)  # refused without the switch (above)
+
+
+def test_training_mixup_batch_fails_before_training_and_the_named_switch_works(tmp_path):
+    one = [*TINY, "batch_size=1", "finetune.batch_size=2"]  # Mixup pairs samples within a device batch
+    with pytest.raises(ConfigError, match=r"^augment: Mixup/CutMix needs a per-device batch of 2 or more, got 1.*"
+                                          r"augment\.mixup_alpha=0 augment\.cutmix_lambda=null"):
+        run(compose_cfg(one), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+    assert plan_of(compose_cfg([*one, "augment.mixup_alpha=0", "augment.cutmix_lambda=null"])).batch == 1
+
+
 def test_cli_errors_are_clear_and_early(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -231,7 +186,7 @@ def test_cli_errors_are_clear_and_early(tmp_path):
 
 
 def test_corrupt_image_is_named_before_training(tmp_path):
-    root = _image_folder(tmp_path / "data")
+    root = image_tree(tmp_path / "data")
     bad = root / "train" / "class_1" / "3.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     cfg = compose_cfg([*TINY, "data=imagefolder", f"data.root={root}", "data.native_resolution=64",
@@ -256,6 +211,6 @@ def test_compiled_smoke_run(tmp_path):
     # recompiles, which takes minutes on a 2-core CPU.
     run_cli([*TINY, "compile=true", "eval.resolutions=[64]", "eval.before_finetune=false",
              "throughput.enabled=false", f"hydra.run.dir={tmp_path}"], timeout=1500)
-    m = _metrics(tmp_path)
+    m = read_metrics(tmp_path)
     _assert_contract(m)
     assert m["throughput_protocol"]["compile"] is True
