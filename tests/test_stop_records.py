@@ -7,6 +7,10 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
+from g16net.core.run_safety import RunStopped, raise_if_stopped, stop_on_signals
+
 from .conftest import QUICK, ROOT, TINY, start_and_signal
 
 NAN_FROM_EPOCH_1 = """
@@ -44,3 +48,26 @@ def test_a_nan_loss_leaves_error_json_naming_the_last_good_checkpoint(tmp_path):
     assert err["status"] == "failed" and err["last_checkpoint"] == last
     assert err["error"].startswith("NonFiniteLossError: non-finite training loss (nan) at epoch 1")
     assert f"last good checkpoint: {last}" in out and not (tmp_path / "metrics.json").exists()
+
+
+def test_a_stop_swallowed_by_a_finalizer_is_raised_at_the_next_safe_point():
+    """A signal that lands inside an object's __del__ (run by the garbage collector, e.g. Lightning's profiler) has
+    its RunStopped printed and ignored by Python; the run's next safe point raises it again."""
+
+    class SignalsWhileFinalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, inside the finalizer
+
+    reached = []
+    with pytest.raises(RunStopped) as stopped:
+        with stop_on_signals():
+            obj = SignalsWhileFinalized()
+            del obj
+            reached.append("after the finalizer")  # the finalizer's RunStopped did not propagate
+            raise_if_stopped()
+    assert reached and stopped.value.exit_code == 130
+    with pytest.raises(RunStopped):
+        with stop_on_signals():
+            obj = SignalsWhileFinalized()
+            del obj  # nothing raises it before the block ends: leaving the block does
+    raise_if_stopped()  # a finished block leaves nothing pending

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from ..core.run_safety import raise_if_stopped
+
 
 class Bar(TQDMProgressBar):
     """Lightning's bar without `v_num` (it shows the CSV logger's version, here the phase name, cut short)."""
@@ -151,6 +153,7 @@ class EpochLog(pl.Callback):
         self._epoch_t0, self._images, self._loss = time.perf_counter(), 0, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        raise_if_stopped()  # a stop signal swallowed by a finalizer during this batch
         n = len(batch[1])
         self._images += n
         self._end = time.perf_counter()  # validation, which runs before the epoch ends, is not training speed

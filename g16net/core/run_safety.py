@@ -73,6 +73,17 @@ def launch_rank() -> int:
     return max(int(os.environ.get(k, "0") or 0) for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
 
 
+_PENDING: list[int] = []  # signals whose RunStopped may have been swallowed
+
+
+def raise_if_stopped() -> None:
+    """A signal that lands while Python runs a finalizer (an object's __del__ called by the garbage collector)
+    has its RunStopped printed and ignored there, so the run would go on; the run's safe points (every training
+    batch, between phases, before results are written) raise it again here."""
+    if _PENDING:
+        raise RunStopped(_PENDING[0])
+
+
 @contextmanager
 def stop_on_signals(on_managed_stop=None):
     """SIGTERM and SIGINT raise RunStopped. Where a job manager already handles SIGTERM (submitit: it requeues
@@ -90,13 +101,16 @@ def stop_on_signals(on_managed_stop=None):
                 on_managed_stop(signum)
             prev(signum, frame)
             return
+        _PENDING.append(signum)
         raise RunStopped(signum)
 
     for s in sigs:
         signal.signal(s, handler)
     try:
         yield
+        raise_if_stopped()
     finally:
+        _PENDING.clear()
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 

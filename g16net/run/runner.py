@@ -24,7 +24,7 @@ from ..core.config import ConfigError, RunPlan, model_kwargs, plan_run
 from ..core.metrics import EvalRow, ModelInfo, RunMetrics
 from ..core.recipe import SHORT_RUN_UPDATES, build_mixup, label_smoothing, regularization_scale, scaled_schedule
 from ..core.run_io import ERROR, METRICS, atomic_write_json, atomic_write_torch
-from ..core.run_safety import claim_run_dir, config_differences
+from ..core.run_safety import claim_run_dir, config_differences, raise_if_stopped
 from ..core.version import __version__
 from ..data import build_data
 from ..data.config import auto_workers
@@ -55,6 +55,7 @@ def run(cfg: DictConfig, run_dir: Path, requeued: bool = False, hydra_files: dic
     files.check_checkpoint_fits(model)
 
     def fit(name: str, make_phase) -> dict:
+        raise_if_stopped()
         done = files.finished(name, model)
         if done is not None:
             return done
@@ -99,6 +100,7 @@ def run(cfg: DictConfig, run_dir: Path, requeued: bool = False, hydra_files: dic
                                    plan.test_res)
     else:
         speed = float("nan"), {r: float("nan") for r in plan.test_res}
+    raise_if_stopped()  # nothing is written for a run that was stopped
     metrics = run_metrics(cfg, plan, model, trained, tuned, final, before, speed, proto, files.wall_time_s()).to_json()
     atomic_write_json(run_dir / METRICS, metrics)
     (run_dir / ERROR).unlink(missing_ok=True)  # a resumed run that completes is no longer failed
