@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 
 from ..backends import BACKENDS
 from ..backends.ipu_schema import IpuConfig
-from ..core.schema import key, rule, section
+from ..core.schema import is_int, key, rule, section
 from ..data.config import DataConfig
 from ..models import SIZES
 
@@ -32,18 +32,15 @@ def timm_optimizers() -> frozenset[str]:
     return frozenset(list_optimizers())
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def _devices(v) -> bool:
     if isinstance(v, (list, tuple)):
-        return bool(v) and all(_is_int(d) and d >= 0 for d in v)
-    return _is_int(v) and (v >= 1 or v == -1)
+        return bool(v) and all(is_int(d) and d >= 0 for d in v)
+    return is_int(v) and (v >= 1 or v == -1)
 
 
 def _limit(v) -> bool:
-    return (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)
+    return (is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)
 
 
 @dataclass

@@ -82,7 +82,8 @@ def rules(schema: type, prefix: str = ""):
 
 # ---- checking ----------------------------------------------------------------------------------------------------
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
+    """An int that is not a bool (YAML's true is a Python int too)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -114,7 +115,7 @@ def _type_ok(r: Rule, v) -> bool:
     if t == "dict":
         return isinstance(v, Mapping)
     if t in ("int", "float"):
-        if not (_is_int(v) if t == "int" else _is_num(v)):
+        if not (is_int(v) if t == "int" else _is_num(v)):
             return False
         return _in_range(r, v)
     if t == "list":

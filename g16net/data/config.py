@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core import schema
 from ..core.conf_path import CONF_DIR
-from ..core.schema import key, rule
+from ..core.schema import is_int, key, rule
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 MISSING = schema.MISSING
@@ -61,12 +61,9 @@ def _err(key: str, value, allowed: str) -> ValueError:
     return ValueError(f"data.{key}={value!r} is invalid; allowed: {allowed}")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def check_resolution(key: str, value) -> int:
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise _err(key, value, "a positive integer number of pixels")
     return value
 
