@@ -19,6 +19,7 @@ import torch
 
 from .core.config import ConfigError
 from .diagnostics.power import TERMS
+from .diagnostics.summary import SUMMARY_COLUMNS, deep_shares, format_summary
 from .diagnostics.taps import MODES, TAPS, diagnose_model
 from .models import NORMS, SIZES, check_norm, create_model
 
@@ -53,6 +54,8 @@ def parse_args(argv=None):
                          help="train (default): norm layers use batch statistics (BN; the others have none); eval: "
                               "BN's running statistics. Dropout and stochastic depth are off in both")
     measure.add_argument("--share", action="store_true", help="draw each term's share of E[y^2] instead of power")
+    measure.add_argument("--deepest", type=int, default=5,
+                         help="summary.csv: each term's share averaged over each tap's last N depths (default 5)")
 
     init = sub.add_parser("init", parents=[measure], help="models at initialization")
     init.add_argument("--norms", type=_csv_list(str), default=["bn", "in", "ln", "gn", "ln_pn", "gn_pn", "ln_ws"],
@@ -78,8 +81,12 @@ def parse_args(argv=None):
                         "after the normalization")
     epochs.add_argument("--phase", choices=("train", "finetune"), default="train")
     epochs.add_argument("--share", action="store_true", help="draw each term's share of E[y^2] instead of power")
+    epochs.add_argument("--deepest", type=int, default=5,
+                        help="summary.csv: shares over each tap's last N depths at the phase's last epoch (default 5)")
 
     args = p.parse_args(argv)
+    if args.deepest < 1:
+        p.error(f"--deepest {args.deepest}: needs >= 1")
     if args.command in ("init", "runs"):
         if args.batch < 2:
             p.error(f"--batch {args.batch}: needs >= 2 (the instance-mean term is a variance over samples)")
@@ -177,6 +184,15 @@ def read_epoch_records(run_dirs) -> list[dict]:
     return rows
 
 
+def last_epoch(rows: list[dict], phase: str) -> list[dict]:
+    """Each run's rows at its last recorded epoch of `phase`."""
+    mine = [r for r in rows if r["phase"] == phase]
+    last = {}
+    for r in mine:
+        last[r["source"]] = max(last.get(r["source"], 0), int(r["epoch"]))
+    return [r for r in mine if int(r["epoch"]) == last[r["source"]]]
+
+
 def write_csv(rows: list[dict], path: Path, columns) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
@@ -196,6 +212,7 @@ def main(argv=None) -> int:
             write_csv(rows, out / "power_epochs.csv", ("norm", "seed", "source", *rows[0].keys() - {
                 "norm", "seed", "source"}) if rows else ())
             paths = epoch_figure(rows, out, args.depths, args.tap, args.phase, args.share)
+            summary = deep_shares(last_epoch(rows, args.phase), args.deepest)
         else:
             for n in getattr(args, "norms", ()):
                 check_norm(n)
@@ -205,10 +222,16 @@ def main(argv=None) -> int:
             paths = depth_figure(rows, out, share=args.share,
                                  title=f"{src}; {args.input} input, {rows[0]['batch']} images at "
                                        f"{rows[0]['resolution']} px; norm layers in {args.mode} mode")
+            summary = deep_shares(rows, args.deepest)
+        write_csv(summary, out / "summary.csv", SUMMARY_COLUMNS)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("\n".join(map(str, [out / ("power_epochs.csv" if args.command == "epochs" else "power.csv"), *paths])))
+    print(f"each term's share of E[y^2] over the last {args.deepest} depths of each tap, mean +- std over seeds"
+          + (f" ({args.phase} phase, last epoch)" if args.command == "epochs" else ""))
+    print(format_summary(summary, list(NORMS)))
+    print("\n".join(map(str, [out / ("power_epochs.csv" if args.command == "epochs" else "power.csv"),
+                              out / "summary.csv", *paths])))
     return 0
 
 

@@ -12,7 +12,7 @@ import g16net
 from g16net import diagnose
 from g16net.checks.config_check import check_config
 from g16net.core.config import ConfigError
-from g16net.diagnostics import TERMS, diagnose_model, norm_layers, power_terms
+from g16net.diagnostics import TERMS, diagnose_model, norm_layers, power_terms, summary
 from g16net.run.runner import DIAGNOSTICS_CSV, run
 
 from .conftest import TINY, compose_cfg
@@ -109,9 +109,36 @@ def test_cli_writes_csv_and_figure(tmp_path, capsys):
     assert len(rows) == 2 * 2 * (49 + 33)  # norms x seeds x (49 norm taps + 33 after an activation)
     assert {(r["norm"], r["seed"]) for r in rows} == {("bn", "0"), ("bn", "1"), ("in", "0"), ("in", "1")}
     assert (out / "power.png").stat().st_size > 10_000 and (out / "power.pdf").is_file()
+    summary = {(r["norm"], r["tap"]): r for r in csv.DictReader((out / "summary.csv").open())}
+    assert set(summary) == {("bn", "norm"), ("bn", "act"), ("in", "norm"), ("in", "act")}
+    assert summary[("bn", "norm")]["seeds"] == "2" and float(summary[("bn", "norm")]["channel_mean_share_mean"]) < 1e-6
+    assert "each term's share of E[y^2] over the last 5 depths" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         diagnose.main(["init", "--norms", "bn,layer", "--out", str(out)])
     assert e.value.code == 2 and "--norms: unknown ['layer']; allowed: bn, gn, ln" in capsys.readouterr().err
+
+
+def _row(norm, seed, depth, channel_mean, instance_mean, within, tap="act"):
+    return {"norm": norm, "seed": seed, "depth": depth, "tap": tap, "channel_mean": channel_mean,
+            "instance_mean": instance_mean, "within_instance": within,
+            "power": channel_mean + instance_mean + within}
+
+
+def test_summary_averages_shares_over_the_deepest_taps_then_over_seeds():
+    rows = [_row("ln", 0, 0, 9.0, 0.0, 1.0),  # a shallow tap, outside the deepest 2
+            _row("ln", 0, 1, 1.0, 1.0, 2.0), _row("ln", 0, 2, 30.0, 0.0, 10.0),  # shares 1/4 and 3/4 -> 1/2
+            _row("ln", 1, 1, 0.0, 1.0, 1.0), _row("ln", 1, 2, 0.0, 0.0, 2.0),  # share 0
+            _row("ln", 0, 2, 0.0, 0.0, 0.0, tap="norm")]  # zero power counts as share 0
+    by = {(r["norm"], r["tap"]): r for r in summary.deep_shares(rows, deepest=2)}
+    ln = by[("ln", "act")]
+    assert ln["seeds"] == 2 and ln["channel_mean_share_mean"] == pytest.approx(0.25)
+    assert ln["channel_mean_share_std"] == pytest.approx(0.5 ** 0.5 / 2)  # sample std of (0.5, 0)
+    assert ln["instance_mean_share_mean"] == pytest.approx((1 / 8 + 1 / 4) / 2)
+    assert ln["power_mean"] == pytest.approx((4 + 40 + 2 + 2) / 4)
+    assert by[("ln", "norm")]["within_instance_share_mean"] == 0.0
+    assert "ln      act        2" in summary.format_summary(list(by.values()), ["ln"])
+    with pytest.raises(ValueError, match="deepest must be >= 1"):
+        summary.deep_shares(rows, deepest=0)
 
 
 @pytest.mark.parametrize("override, match", [
@@ -148,6 +175,7 @@ def test_per_epoch_record_in_a_smoke_run_and_its_figure(tmp_path):
     out = tmp_path / "figs"
     assert diagnose.main(["epochs", str(run_dir), "--depths", "0,-1", "--out", str(out)]) == 0
     assert (out / "power_epochs.png").is_file() and len(list(csv.DictReader((out / "power_epochs.csv").open())))
+    assert [r["seeds"] for r in csv.DictReader((out / "summary.csv").open())] == ["1", "1"]  # norm and act taps
 
 
 @pytest.mark.slow
