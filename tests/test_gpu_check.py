@@ -10,6 +10,8 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from .conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
@@ -25,6 +27,9 @@ def rows(path):
         return list(csv.DictReader(f))
 
 
+# Slow: eight steps, each a fresh Python with torch (84 s on a 2-core AVX2 CPU); the script's parsing and summary
+# have fast tests of their own.
+@pytest.mark.slow
 def test_dry_run_runs_every_step_and_writes_real_results(tmp_path):
     out = tmp_path / "check"
     proc = run_check(["--dry-run", str(out)])

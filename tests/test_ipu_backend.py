@@ -28,6 +28,10 @@ from g16net.core.config import ConfigError
 sys.path.insert(0, str(Path(__file__).parent))
 import fake_poptorch  # noqa: E402
 
+# One worker runs this module (pytest-xdist's loadgroup): its module-scoped fixture (ipu_smoke) is built once, not
+# once per worker.
+pytestmark = pytest.mark.xdist_group("ipu_smoke")
+
 ROOT = Path(__file__).resolve().parent.parent
 # Small but with every split != 1 and a 2-IPU pipeline x 2 replicas = 4 IPUs: micro-batch 2 = 12 / (2 replicas x
 # 3 accumulation, the least a 2-IPU pipeline trains with), 2 device iterations; evaluation 2 x 3 iterations x 2.

@@ -19,9 +19,9 @@ def _weights(run_dir):
 
 
 def test_two_identical_tiny_runs_give_identical_metrics_and_weights(smoke_run, tmp_path):
-    runs = {"b": tmp_path / "b", "seed1": tmp_path / "seed1"}
-    for name, run_dir in runs.items():
-        run_cli([*AGAIN, f"seed={1 if name == 'seed1' else 0}", f"hydra.run.dir={run_dir}"])
+    # Both reruns in one multirun (one process start, not two); seed 0 first, so it starts as fresh as the shared run.
+    run_cli(["-m", *AGAIN, "seed=0,1", f"hydra.sweep.dir={tmp_path}"])
+    runs = {"b": tmp_path / "0", "seed1": tmp_path / "1"}
     assert _scores(smoke_run) == _scores(runs["b"])
     a, b, seed1 = _weights(smoke_run), _weights(runs["b"]), _weights(runs["seed1"])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
