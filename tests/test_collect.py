@@ -232,6 +232,19 @@ def test_different_device_or_missing_config_is_not_pooled(tmp_path):
     assert [a["config_id"] is None for a in agg if a["test_resolution"] == 96] == [False, False, True]
 
 
+def test_runs_without_throughput_pool_their_seeds(tmp_path):
+    """throughput.enabled=false writes NaN img/s (as Python's json does): not measured, so blank, not a crash."""
+    for i, m in enumerate(make_seed_runs(name="x")):
+        m["train_throughput"] = float("nan")
+        for e in m["eval"]:
+            e["infer_throughput"] = float("nan")
+        write_run(tmp_path / str(i), m)
+    rows, skipped = collect([tmp_path])
+    assert not skipped and all(r["train_throughput"] is None and r["infer_throughput"] is None for r in rows)
+    at96 = next(a for a in aggregate(rows) if a["test_resolution"] == 96)
+    assert (at96["n"], at96["top1"], at96["train_throughput"], at96["train_throughput_std"]) == (3, 70.0, None, None)
+
+
 def test_cli_writes_mean_table(seed_tree, tmp_path, capsys):
     out = tmp_path / "t" / "results.csv"
     assert main([str(seed_tree["g1_b0_gn_native"][0].parent), "--out", str(out)]) == 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import fields, is_dataclass
@@ -162,7 +163,8 @@ def rows_for_run(run_dir: Path) -> tuple[list[dict], str | None]:
                      "test_resolution": e["resolution"], "test_macs": e["macs"],
                      "headline": None if headline_res is None else e["resolution"] == headline_res,
                      "top1_before_finetune": pre.get("top1"), "top5_before_finetune": pre.get("top5")})
-    return rows, None
+    # A run with throughput.enabled=false records NaN: not measured, like a missing value (means skip it).
+    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows], None
 
 
 def collect(paths) -> tuple[list[dict], list[tuple[str, str]]]:
