@@ -28,10 +28,6 @@ from g16net.core.config import ConfigError
 sys.path.insert(0, str(Path(__file__).parent))
 import fake_poptorch  # noqa: E402
 
-# One worker runs this module (pytest-xdist's loadgroup): its module-scoped fixture (ipu_smoke) is built once, not
-# once per worker.
-pytestmark = pytest.mark.xdist_group("ipu_smoke")
-
 ROOT = Path(__file__).resolve().parent.parent
 # Small but with every split != 1 and a 2-IPU pipeline x 2 replicas = 4 IPUs: micro-batch 2 = 12 / (2 replicas x
 # 3 accumulation, the least a 2-IPU pipeline trains with), 2 device iterations; evaluation 2 x 3 iterations x 2.
@@ -106,7 +102,7 @@ def test_poptorch_checked_before_data(monkeypatch, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_smoke_metrics_contract(smoke):
+def _check_metrics_contract(smoke):
     metrics, run_dir, _ = smoke
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert metrics["model"]["name"] == "g16_efficientnet_b0" and metrics["params"] > 0
@@ -127,7 +123,7 @@ def test_smoke_metrics_contract(smoke):
         assert (run_dir / "logs" / phase / "metrics.csv").exists(), phase
 
 
-def test_smoke_train_loss_covers_every_micro_batch(smoke):
+def _check_train_loss_covers_every_micro_batch(smoke):
     """train/loss is the mean over all micro-batches of a call, not the last one PopTorch's default returns."""
     _, run_dir, rec = smoke
     calls = [c["micro_losses"] for c in _calls(rec, "call") if c["training"]]
@@ -140,13 +136,13 @@ def test_smoke_train_loss_covers_every_micro_batch(smoke):
         assert got != pytest.approx(micro[-1], rel=1e-5)  # a single micro-batch would be a different number
 
 
-def test_smoke_ema_from_fp32_weights(smoke):
+def _check_ema_from_fp32_weights(smoke):
     """ipu.half=true compiles fp16 weights; the average (an older timm's strict one) was still updated each epoch."""
     metrics, _, _ = smoke
     assert OldTimmEma.updates >= metrics["epochs"]  # and none raised, as fp16 weights into the average would
 
 
-def test_resume_last(fake, smoke, tmp_path):
+def _check_resume_last(fake, smoke, tmp_path):
     """ckpt_path=last: finished phases load their files; an unfinished one resumes from <phase>/last.ckpt."""
     _, run_dir, _ = smoke
     resumed = tmp_path / "resumed"
@@ -161,6 +157,15 @@ def test_resume_last(fake, smoke, tmp_path):
     metrics = runner.run(ipu_cfg(*WIRING, "ckpt_path=last", "throughput.enabled=false"), resumed)
     assert not fake.calls("trainingModel")  # nothing left to train: both phases came from their files
     assert metrics["epochs"] == 1 and metrics["finetune_epochs"] == 1 and (resumed / "checkpoints/finetune.pt").exists()
+
+
+def test_smoke_run(fake, smoke, tmp_path):
+    """The IPU smoke run (one run, shared by these checks in one test: as separate tests, pytest-xdist's two
+    workers would each make it, 35 s apiece)."""
+    _check_metrics_contract(smoke)
+    _check_train_loss_covers_every_micro_batch(smoke)
+    _check_ema_from_fp32_weights(smoke)
+    _check_resume_last(fake, smoke, tmp_path)  # last: it resets the fake's record of calls
 
 
 THREE_IPUS = "ipu.pipeline=[{layer:blocks.3,ipu:1},{layer:conv_head,ipu:2}]"

@@ -15,10 +15,6 @@ import pytest
 
 from .conftest import ROOT
 
-# One worker runs this module (pytest-xdist's loadgroup): its module-scoped fixture (wheel) is built once, not
-# once per worker.
-pytestmark = pytest.mark.xdist_group("wheel")
-
 # What a wheel is built from (the sdist's content): the rest of the checkout is not needed.
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "g16net", "conf")
 SCRIPTS = {"g16net-train", "g16net-eval", "g16net-collect", "g16net-figs", "g16net-bench", "g16net-diagnose"}

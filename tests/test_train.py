@@ -107,8 +107,8 @@ def test_imagefolder_end_to_end(tmp_path):
 def test_resume_after_kill(tmp_path):
     """Kill the job (SIGKILL) once the first training epoch's checkpoint exists, resume with ckpt_path=last in the
     same run dir, and end with every epoch done and a complete metrics.json."""
-    # 30 batches per epoch: long enough (seconds) to kill the job between two epochs' checkpoints.
-    args = [*TINY, "epochs=2", "trainer.limit_train_batches=30", "finetune.epochs=1"]
+    # 15 batches per epoch: long enough (seconds) to kill the job between two epochs' checkpoints.
+    args = [*TINY, "epochs=2", "trainer.limit_train_batches=15", "finetune.epochs=1"]
     last = tmp_path / "checkpoints" / "train" / "last.ckpt"
     # Lightning writes checkpoints to a temp file and renames: never half-written
     start_and_signal([*args, f"hydra.run.dir={tmp_path}"], last, signal.SIGKILL)

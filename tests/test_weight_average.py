@@ -12,10 +12,6 @@ from g16net.run.runner import run
 
 from .conftest import CONF, TINY, compose_cfg, read_metrics
 
-# One worker runs this module (pytest-xdist's loadgroup): its module-scoped fixture (head_run) is built once, not
-# once per worker.
-pytestmark = pytest.mark.xdist_group("head_run")
-
 # The average's first update copies the weights (timm's ModelEmaV3); at the second, ema.decay 0.998 per paper
 # epoch is 0.998^(350/2) = 0.7 per epoch of this 2-epoch run: the average is 0.7 x the first epoch's weights +
 # 0.3 x the second's, unlike the final weights, so saving or evaluating the wrong one shows.
