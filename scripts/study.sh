@@ -8,7 +8,8 @@
 # every run. SEEDS=list sweeps the seed (default: the preset's).
 # Everything goes in one folder: --out DIR, else multirun/<preset>/<date>_<time> under the current folder. The runs
 # are its numbered subfolders, collect writes results.csv (per run) and results_mean.csv (mean/std/n over seeds)
-# there, and the figures go to its figs/. FIGS=dir puts the figures, with copies of both tables, elsewhere:
+# there, and the figures go to its figs/ (figs/power_epochs/ too where the runs recorded the power terms per
+# epoch, as the CPU ablation does). FIGS=dir puts the figures, with copies of both tables, elsewhere:
 # FIGS=paper_figs/<preset> refreshes the repository's own (the only way this script writes there).
 set -euo pipefail
 usage="usage: scripts/study.sh pareto|norm_ablation cpu|imagenet [--out DIR] [hydra overrides...]"
@@ -41,6 +42,10 @@ python -m g16net.train -m "sweep=$preset" "hydra.sweep.dir=$dir" "${seeds[@]}" "
 python -m g16net.collect "$dir" --out "$dir/results.csv"
 figs=${FIGS:-$dir/figs}
 python -m g16net.figs "$dir/results.csv" --out "$figs" $overlay
+records=("$dir"/*/diagnostics/power_epochs.csv)  # runs trained with diagnostics.every_epoch=true (the CPU ablation)
+if [ -e "${records[0]}" ]; then
+  python -m g16net.diagnose epochs "${records[@]%/diagnostics/power_epochs.csv}" --depths 0,24,-1 --out "$figs/power_epochs"
+fi
 if [ -n "${FIGS:-}" ]; then  # the figures' only input, kept next to them
   cp "$dir/results.csv" "$dir/results_mean.csv" "$figs/"
 fi
