@@ -199,6 +199,22 @@ def test_seed_figures_and_ablation_error_bars(seed_csv, tmp_path, monkeypatch):
     assert "ddof=1" in drawn["norm_ablation"].get_suptitle()
 
 
+def test_ablation_without_throughput_draws_the_accuracy_panel_only(tmp_path, monkeypatch):
+    """A study trained with throughput.enabled=false: no empty throughput axes in the ablation figure."""
+    for i, m in enumerate(make_seed_runs(name="a", norm="gn") + make_seed_runs(name="b", norm="ln_pn")):
+        m["train_throughput"] = float("nan")
+        for e in m["eval"]:
+            e["infer_throughput"] = float("nan")
+        write_run(tmp_path / "runs" / str(i), m)
+    rows, _ = collect([tmp_path / "runs"])
+    drawn = {}
+    save = figs._save
+    monkeypatch.setattr(figs, "_save", lambda fig, out, stem: drawn.setdefault(stem, fig) and save(fig, out, stem))
+    make_figures(write_tables(rows, tmp_path / "results.csv")[0], tmp_path / "figs")
+    titles = [ax.get_title() for ax in drawn["norm_ablation"].axes]
+    assert titles == ["Top-1 accuracy per norm"]
+
+
 def test_figs_refuses_the_mean_table(seed_csv, tmp_path, capsys):
     assert main([str(seed_csv.with_name("results_mean.csv")), "--out", str(tmp_path)]) == 1
     assert "seed-aggregated table; pass the per-run results CSV" in capsys.readouterr().err

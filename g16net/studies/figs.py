@@ -291,10 +291,14 @@ def _ablation_figure(groups, out_dir, context) -> list[Path]:
     panels = [("top1", "Top-1 accuracy (%)", "{:.1f}"),
               ("train_throughput", "Training throughput (img/s)", "{:.0f}"),
               ("infer_throughput", "Inference throughput (img/s)", "{:.0f}")]
-    fig = Figure(figsize=(max(12, 3 * len(groups) + 6), 4.8), layout="constrained")
+    # A study that recorded no throughput (throughput.enabled=false) draws the accuracy panel alone, not empty axes.
+    runs = [s for g in groups.values() for aggs in g.values() for a in aggs for s in a.get("runs", [a])]
+    panels = [p for p in panels if p[0] == "top1" or any(s.get(p[0]) is not None for s in runs)]
+    fig = Figure(figsize=(max(12, 3 * len(groups) + 6) * len(panels) / 3 + (2 if len(panels) < 3 else 0), 4.8),
+                 layout="constrained")
     width = 0.8 / len(norms)
     upright = len(norms) * len(groups) > 8  # narrow bars: vertical value labels so neighbours don't collide
-    for ax, (col, ylabel, fmt) in zip(fig.subplots(1, 3), panels, strict=True):
+    for ax, (col, ylabel, fmt) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
         for j, norm in enumerate(norms):
             bars = []  # (x, mean, std, single-run values)
             for i, g in enumerate(groups.values()):
