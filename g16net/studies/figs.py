@@ -294,7 +294,8 @@ def _ablation_figure(groups, out_dir, context) -> list[Path]:
     # A study that recorded no throughput (throughput.enabled=false) draws the accuracy panel alone, not empty axes.
     runs = [s for g in groups.values() for aggs in g.values() for a in aggs for s in a.get("runs", [a])]
     panels = [p for p in panels if p[0] == "top1" or any(s.get(p[0]) is not None for s in runs)]
-    fig = Figure(figsize=(max(12, 3 * len(groups) + 6) * len(panels) / 3 + (2 if len(panels) < 3 else 0), 4.8),
+    # one panel alone keeps room for the two-line title
+    fig = Figure(figsize=(max(12 * len(panels) / 3, 12.5, (3 * len(groups) + 6) * len(panels) / 3), 4.8),
                  layout="constrained")
     width = 0.8 / len(norms)
     upright = len(norms) * len(groups) > 8  # narrow bars: vertical value labels so neighbours don't collide
