@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from ..models import NORMS
 from .power import TERMS
+from .summary import mean_std
 
 COLOURS = {"channel_mean": "tab:red", "instance_mean": "tab:blue", "within_instance": "0.75"}
 LABELS = {"channel_mean": "channel mean  mean_c(mu_c^2)", "instance_mean": "instance mean  mean_c(var_n mu_nc)",
@@ -24,13 +25,6 @@ def _norm_order(norms) -> list[str]:
     return known + sorted(set(norms) - set(known))
 
 
-def _stats(vals: list[float]) -> tuple[float, float]:
-    n = len(vals)
-    mean = sum(vals) / n
-    std = (sum((v - mean) ** 2 for v in vals) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return mean, std
-
-
 def _stack(ax, xs, series: dict[str, list[list[float]]], share: bool) -> float:
     """series: term -> per x, the values over seeds (power too, for shares). Stacked bands of the means; returns
     the highest point drawn (whiskers included)."""
@@ -39,7 +33,7 @@ def _stack(ax, xs, series: dict[str, list[list[float]]], share: bool) -> float:
         per_x = series[term]
         if share:
             per_x = [[v / p if p > 0 else 0.0 for v, p in zip(vals, pw)] for vals, pw in zip(per_x, series["power"])]
-        means, stds = zip(*(_stats(v) for v in per_x))
+        means, stds = zip(*(mean_std(v) for v in per_x))
         top = [b + m for b, m in zip(bottom, means)]
         ax.fill_between(xs, bottom, top, color=COLOURS[term], label=LABELS[term], linewidth=0, step=None)
         if any(stds):

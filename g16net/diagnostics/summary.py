@@ -10,7 +10,8 @@ SUMMARY_COLUMNS = ("norm", "tap", "seeds", "deepest", *(f"{t}_share_{s}" for t i
                    "power_mean", "power_std")
 
 
-def _mean_std(vals: list[float]) -> tuple[float, float]:
+def mean_std(vals: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1) over seeds; std 0 for one value."""
     n = len(vals)
     mean = sum(vals) / n
     return mean, ((sum((v - mean) ** 2 for v in vals) / (n - 1)) ** 0.5 if n > 1 else 0.0)
@@ -38,7 +39,7 @@ def deep_shares(rows: list[dict], deepest: int = 5) -> list[dict]:
     for (norm, tap), vals in per_cell.items():
         row = {"norm": norm, "tap": tap, "seeds": len(vals["power"]), "deepest": deepest}
         for key in (*TERMS, "power"):
-            mean, std = _mean_std(vals[key])
+            mean, std = mean_std(vals[key])
             name = key if key == "power" else f"{key}_share"
             row[f"{name}_mean"], row[f"{name}_std"] = mean, std
         out.append(row)

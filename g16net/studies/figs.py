@@ -294,9 +294,8 @@ def _ablation_figure(groups, out_dir, context) -> list[Path]:
     # A study that recorded no throughput (throughput.enabled=false) draws the accuracy panel alone, not empty axes.
     runs = [s for g in groups.values() for aggs in g.values() for a in aggs for s in a.get("runs", [a])]
     panels = [p for p in panels if p[0] == "top1" or any(s.get(p[0]) is not None for s in runs)]
-    # one panel alone keeps room for the two-line title
-    fig = Figure(figsize=(max(12 * len(panels) / 3, 12.5, (3 * len(groups) + 6) * len(panels) / 3), 4.8),
-                 layout="constrained")
+    full = max(12, 3 * len(groups) + 6)  # three panels; fewer keep room for the two-line title
+    fig = Figure(figsize=(full if len(panels) == 3 else max(12.5, full * len(panels) / 3), 4.8), layout="constrained")
     width = 0.8 / len(norms)
     upright = len(norms) * len(groups) > 8  # narrow bars: vertical value labels so neighbours don't collide
     for ax, (col, ylabel, fmt) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
@@ -325,8 +324,7 @@ def _ablation_figure(groups, out_dir, context) -> list[Path]:
         ax.grid(False, axis="x")
         ax.margins(y=0.25)
         if col == "top1":
-            tops = [s["top1"] for g in groups.values() for aggs in g.values() for a in aggs
-                    for s in a.get("runs", [a])]
+            tops = [s["top1"] for s in runs]
             lo, hi = min(tops), max(tops)
             bottom = max(0.0, lo - 10)  # differences between norms are small next to 100%, so zoom in
             ax.set_ylim(bottom, hi + 0.25 * (hi - bottom))
