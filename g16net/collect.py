@@ -4,12 +4,14 @@
 
 writes ``results.csv`` (one row per run and test resolution) and ``results_mean.csv`` (seed means) next to it; the
 columns and what makes runs seeds of one configuration: `g16net.studies.collect`. Failed, unfinished or malformed
-runs are listed on stderr and skipped; they never stop the collection.
+runs are listed on stderr and skipped; they never stop the collection. ``--throughput bench.csv`` takes every
+run's throughputs from one interleaved ``python -m g16net.bench`` run instead (`g16net.studies.bench_join`).
 """
 
 import argparse
 import sys
 
+from .studies.bench_join import BenchJoinError, join_throughput, read_bench
 from .studies.collect import collect, format_skipped, write_tables
 from .studies.results import STD_NOTE, duplicate_seeds
 
@@ -19,13 +21,19 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="+", help="run dirs, sweep dirs or any folder containing them")
     parser.add_argument("--out", required=True, help="per-run CSV to write (replaced atomically); the seed "
                         "means go next to it as <stem>_mean.csv")
+    parser.add_argument("--throughput", metavar="BENCH_CSV", default=None,
+                        help="take training and inference img/s from this `python -m g16net.bench --csv` file "
+                        "(model, norm, resolution as each run trained and tested) instead of the runs' own")
     args = parser.parse_args(argv)
     if not str(args.out).endswith(".csv"):  # the means file is named after it
         parser.error(f"--out must name a .csv file, got {args.out!r}")
     try:
+        bench = read_bench(args.throughput) if args.throughput else None
         rows, skipped = collect(args.paths)
-    except FileNotFoundError as e:
-        parser.error(str(e))  # exits 2
+        if bench is not None:
+            join_throughput(rows, bench, args.throughput)
+    except (FileNotFoundError, BenchJoinError) as e:
+        parser.error(str(e))  # exits 2, nothing written
     if skipped:
         print(f"skipped {len(skipped)} run(s):\n{format_skipped(skipped)}", file=sys.stderr)
     if not rows:

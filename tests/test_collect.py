@@ -293,3 +293,74 @@ def test_config_id_of_the_real_composed_config(make_cfg):
     assert cid("series=g1_gn_native", "seed=1", "name=elsewhere", "ckpt_path=last", "overwrite=true") == base
     assert cid("series=g1_gn_native", "optimizer.lr=0.1") != base
     assert cid("series=g1_gn_native", "finetune.epochs=0") != base  # not finetuned: another configuration
+
+
+def _bench_runs(root, train_resolution=32, test_resolutions=(32, 40)):
+    """Seeds 0-2 of G16-B0 LN+PN trained without the per-run protocol (NaN img/s), as the CPU Pareto preset does."""
+    for i, m in enumerate(make_seed_runs(name="pn", norm="ln_pn", train_resolution=train_resolution)):
+        m["eval"] = [dict(m["eval"][0], resolution=r, infer_throughput=float("nan")) for r in test_resolutions]
+        m["train_throughput"] = float("nan")
+        write_run(root / str(i), m)
+    return root
+
+
+def test_throughput_from_a_real_bench_run(tmp_path, capsys):
+    """collect --throughput joins a real `python -m g16net.bench --csv` file: training img/s at the training
+    resolution, inference img/s at each test resolution, from the model as trained ([fused], not [aten])."""
+    from g16net import bench
+
+    csv_path = tmp_path / "bench.csv"
+    assert bench.main(["--models", "g16_efficientnet_b0", "--norms", "ln_pn", "--pn-impl", "fused,aten",
+                       "--peers", "", "--res", "32,40", "--batch", "2", "--warmup", "1", "--steps", "1",
+                       "--repeats", "1", "--num-classes", "10", "--csv", str(csv_path)]) == 0
+    measured = {(r["model"], r["res"], r["mode"]): float(r["img/s"]) for r in csv.DictReader(csv_path.open())}
+    out = tmp_path / "t" / "results.csv"
+    assert main([str(_bench_runs(tmp_path / "runs")), "--out", str(out), "--throughput", str(csv_path)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6
+    for r in rows:
+        assert float(r["train_throughput"]) == pytest.approx(measured["g16_efficientnet_b0 [fused]", "32", "train"])
+        assert float(r["infer_throughput"]) == pytest.approx(
+            measured["g16_efficientnet_b0 [fused]", r["test_resolution"], "infer"])
+        assert r["device"].startswith("cpu (") and r["device"].endswith("threads, bench)")
+        assert r["throughput_batch_size"] == "2"
+    means = {r["test_resolution"]: r for r in csv.DictReader((tmp_path / "t" / "results_mean.csv").open())}
+    assert means["40"]["n"] == "3" and float(means["40"]["train_throughput_std"]) == 0.0  # one figure per config
+
+
+def _bench_csv(path, rows):
+    cols = ("model", "norm", "res", "mode", "prec", "layout", "comp", "img/s", "batch", "device", "threads")
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows([(m, "ln_pn", res, mode, "fp32", lay, 0, ips, 32, "cpu", 2) for m, res, mode, lay, ips in rows])
+    return path
+
+
+def test_throughput_bench_missing_a_measurement_names_it_and_writes_nothing(tmp_path, capsys):
+    bench = _bench_csv(tmp_path / "b.csv", [("g16_efficientnet_b0", 32, "train", "nchw", 100.0),
+                                            ("g16_efficientnet_b0", 32, "infer", "nchw", 300.0),
+                                            ("g16_efficientnet_b0", 40, "infer", "nhwc", 90.0)])  # wrong layout
+    out = tmp_path / "results.csv"
+    with pytest.raises(SystemExit) as exc:
+        main([str(_bench_runs(tmp_path / "runs")), "--out", str(out), "--throughput", str(bench)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and not out.exists()
+    assert "no measurement of g16_efficientnet_b0 ln_pn 40 px infer fp32" in err
+    assert "It holds: g16_efficientnet_b0 ln_pn 32 px infer fp32; g16_efficientnet_b0 ln_pn 32 px train fp32" in err
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("model,norm,res\ng16_efficientnet_b0,ln_pn,32\n", "not a python -m g16net.bench CSV: no column(s) mode, prec"),
+    ("twice", "measured g16_efficientnet_b0 ln_pn 32 px train fp32 twice"),
+])
+def test_throughput_bench_unusable_is_refused(tmp_path, capsys, content, message):
+    bench = tmp_path / "b.csv"
+    if content == "twice":
+        _bench_csv(bench, [("g16_efficientnet_b0", 32, "train", "nchw", 100.0)] * 2)
+    elif content is not None:
+        bench.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        main([str(_bench_runs(tmp_path / "runs")), "--out", str(tmp_path / "r.csv"), "--throughput", str(bench)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err

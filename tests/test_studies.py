@@ -66,3 +66,37 @@ def test_study_script_refuses_a_bad_out_before_any_run(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--out needs a folder" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pareto_cpu_study_benches_every_model_norm_and_resolution_its_runs_need(tmp_path):
+    """The CPU Pareto preset trains without the per-run protocol, so scripts/study.sh measures the throughput axes
+    with one bench run: it must cover every series' model and norm at every resolution of the preset, and collect
+    must take it (a `python` stand-in records the commands instead of running them)."""
+    import yaml
+
+    shim = tmp_path / "bin" / "python"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
+    shim.chmod(0o755)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh"), "pareto", "cpu", "--out", "s"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert [c.split()[1] for c in calls] == ["g16net.train", "g16net.bench", "g16net.collect", "g16net.figs"]
+    bench = calls[1].split()
+    arg = {k: bench[i + 1].split(",") for i, k in enumerate(bench) if k.startswith("--")}
+    assert calls[2].endswith("--throughput s/bench.csv") and arg["--csv"] == ["s/bench.csv"]
+    preset = yaml.safe_load((ROOT / "conf" / "sweep" / "pareto_cpu.yaml").read_text())
+    assert preset["throughput"]["enabled"] is False
+    need_models, need_norms = set(), set()
+    for series in preset["hydra"]["sweeper"]["params"]["series"].split(","):
+        choice = {k.split("/")[1].strip(): v for d in yaml.safe_load(
+            (ROOT / "conf" / "series" / f"{series}.yaml").read_text())["defaults"] for k, v in d.items()}
+        need_norms.add(choice["norm"])
+        need_models.update(f"{choice['model']}_efficientnet_{s}"
+                           for s in preset["hydra"]["sweeper"]["params"]["model.size"].split(","))
+    data = preset["data"]
+    need_res = {data["native_resolution"], data["half_resolution"], *data["test_resolutions"]}
+    assert set(arg["--models"]) == need_models and set(arg["--norms"]) == need_norms
+    assert set(map(int, arg["--res"])) == need_res and arg["--num-classes"] == ["10"]

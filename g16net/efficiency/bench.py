@@ -87,7 +87,8 @@ def run(args) -> list[dict]:
                        **{"img/s": t.img_per_s, "ratio": None if base is None else t.img_per_s / base.img_per_s,
                           "range": None if lo is None else f"{lo:.2f}-{hi:.2f}", "ratio_lo": lo, "ratio_hi": hi,
                           "act_MB": t.activation_mb, "peak_MB": t.peak_mem_mb},
-                       batch=args.batch, repeats=args.repeats, device=device)
+                       batch=args.batch, repeats=args.repeats, device=device,
+                       threads=torch.get_num_threads() if device == "cpu" else None)
             rows.append(row)
             print(_fmt_row([row[c] for c in cols]), flush=True)
     if args.csv:
