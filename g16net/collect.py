@@ -21,8 +21,8 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="+", help="run dirs, sweep dirs or any folder containing them")
     parser.add_argument("--out", required=True, help="per-run CSV to write (replaced atomically); the seed "
                         "means go next to it as <stem>_mean.csv")
-    parser.add_argument("--throughput", metavar="BENCH_CSV", default=None,
-                        help="take training and inference img/s from this `python -m g16net.bench --csv` file "
+    parser.add_argument("--throughput", metavar="BENCH_CSV", nargs="+", default=None,
+                        help="take training and inference img/s from these `python -m g16net.bench --csv` files "
                         "(model, norm, resolution as each run trained and tested) instead of the runs' own")
     args = parser.parse_args(argv)
     if not str(args.out).endswith(".csv"):  # the means file is named after it
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
         bench = read_bench(args.throughput) if args.throughput else None
         rows, skipped = collect(args.paths)
         if bench is not None:
-            join_throughput(rows, bench, args.throughput)
+            join_throughput(rows, bench, ", ".join(args.throughput))
     except (FileNotFoundError, BenchJoinError) as e:
         parser.error(str(e))  # exits 2, nothing written
     if skipped:

@@ -9,7 +9,7 @@
 # Everything goes in one folder: --out DIR, else multirun/<preset>/<date>_<time> under the current folder. The runs
 # are its numbered subfolders, collect writes results.csv (per run) and results_mean.csv (mean/std/n over seeds)
 # there, and the figures go to its figs/ (figs/power_epochs/ too where the runs recorded the power terms per
-# epoch, as the CPU ablation does; bench.csv for the CPU Pareto study, whose throughput axes come from one interleaved
+# epoch, as the CPU ablation does; bench*.csv for the CPU Pareto study, whose throughput axes come from one interleaved
 # `python -m g16net.bench` run). FIGS=dir puts the figures, with copies of both tables, elsewhere:
 # FIGS=paper_figs/<preset> refreshes the repository's own (the only way this script writes there).
 set -euo pipefail
@@ -41,11 +41,14 @@ fi
 dir=${out:-multirun/$preset/$(date +%Y-%m-%d_%H-%M-%S)}
 python -m g16net.train -m "sweep=$preset" "hydra.sweep.dir=$dir" "${seeds[@]}" "${overrides[@]}"
 tput=()
-if [ "$preset" = pareto_cpu ]; then  # its runs skip the per-run protocol: one interleaved bench run of every series' model
-  python -m g16net.bench --models g1_efficientnet_b0,g1_efficientnet_b1,g16_efficientnet_b0,g16_efficientnet_b1 \
-    --norms gn,ln_pn --peers "" --pn-impl fused --res 48,64,96 --batch 32 --warmup 2 --steps 5 --repeats 3 \
-    --num-classes 10 --csv "$dir/bench.csv"
-  tput=(--throughput "$dir/bench.csv")
+if [ "$preset" = pareto_cpu ]; then
+  # Its runs skip the per-run protocol: the interleaved bench measures every series' model and norm instead,
+  # training at the training resolutions and inference at the test ones (each call one process: memory is freed).
+  bench=(python -m g16net.bench --models g1_efficientnet_b0,g1_efficientnet_b1,g16_efficientnet_b0,g16_efficientnet_b1
+         --norms gn,ln_pn --peers "" --pn-impl fused --batch 32 --warmup 2 --steps 5 --repeats 3 --num-classes 10)
+  "${bench[@]}" --res 48,64 --modes train,infer --csv "$dir/bench.csv"
+  "${bench[@]}" --res 96 --modes infer --csv "$dir/bench_infer96.csv"
+  tput=(--throughput "$dir/bench.csv" "$dir/bench_infer96.csv")
 fi
 python -m g16net.collect "$dir" --out "$dir/results.csv" "${tput[@]}"
 figs=${FIGS:-$dir/figs}
@@ -56,6 +59,6 @@ if [ -e "${records[0]}" ]; then
 fi
 if [ -n "${FIGS:-}" ]; then  # the figures' only input, kept next to them
   cp "$dir/results.csv" "$dir/results_mean.csv" "$figs/"
-  [ ! -e "$dir/bench.csv" ] || cp "$dir/bench.csv" "$figs/"
+  for b in "$dir"/bench*.csv; do [ ! -e "$b" ] || cp "$b" "$figs/"; done
 fi
 echo "study written to $dir (tables) and $figs (figures)" >&2

@@ -309,13 +309,14 @@ def test_throughput_from_a_real_bench_run(tmp_path, capsys):
     resolution, inference img/s at each test resolution, from the model as trained ([fused], not [aten])."""
     from g16net import bench
 
-    csv_path = tmp_path / "bench.csv"
-    assert bench.main(["--models", "g16_efficientnet_b0", "--norms", "ln_pn", "--pn-impl", "fused,aten",
-                       "--peers", "", "--res", "32,40", "--batch", "2", "--warmup", "1", "--steps", "1",
-                       "--repeats", "1", "--num-classes", "10", "--csv", str(csv_path)]) == 0
-    measured = {(r["model"], r["res"], r["mode"]): float(r["img/s"]) for r in csv.DictReader(csv_path.open())}
+    common = ["--models", "g16_efficientnet_b0", "--norms", "ln_pn", "--pn-impl", "fused,aten", "--peers", "",
+              "--batch", "2", "--warmup", "1", "--steps", "1", "--repeats", "1", "--num-classes", "10"]
+    files = [tmp_path / "bench.csv", tmp_path / "bench_infer40.csv"]  # two runs, as scripts/study.sh makes them
+    assert bench.main([*common, "--res", "32", "--csv", str(files[0])]) == 0
+    assert bench.main([*common, "--res", "40", "--modes", "infer", "--csv", str(files[1])]) == 0
+    measured = {(r["model"], r["res"], r["mode"]): float(r["img/s"]) for f in files for r in csv.DictReader(f.open())}
     out = tmp_path / "t" / "results.csv"
-    assert main([str(_bench_runs(tmp_path / "runs")), "--out", str(out), "--throughput", str(csv_path)]) == 0
+    assert main([str(_bench_runs(tmp_path / "runs")), "--out", str(out), "--throughput", *map(str, files)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6
     for r in rows:
@@ -353,7 +354,7 @@ def test_throughput_bench_missing_a_measurement_names_it_and_writes_nothing(tmp_
 @pytest.mark.parametrize("content, message", [
     (None, "does not exist"),
     ("model,norm,res\ng16_efficientnet_b0,ln_pn,32\n", "not a python -m g16net.bench CSV: no column(s) mode, prec"),
-    ("twice", "measured g16_efficientnet_b0 ln_pn 32 px train fp32 twice"),
+    ("twice", "g16_efficientnet_b0 ln_pn 32 px train fp32 is measured twice"),
 ])
 def test_throughput_bench_unusable_is_refused(tmp_path, capsys, content, message):
     bench = tmp_path / "b.csv"

@@ -125,3 +125,25 @@ def test_bench_help_explains_every_flag(capsys):
     for flag in flags:  # every option line (or the line after it) carries a description
         block = text.split(flag, 1)[1].split("\n  --", 1)[0]
         assert len(re.sub(r"[A-Z_]+", "", block).strip()) > 10, flag
+
+
+def test_bench_csv_keeps_the_rows_measured_before_a_failure(tmp_path, monkeypatch):
+    """Rows reach --csv as they are measured: a bench stopped part-way (here: out of memory at the second
+    resolution) leaves the first resolution's rows, not an empty or missing file."""
+    from g16net.efficiency import bench as grid
+
+    real = grid.measure_throughput
+
+    def measure(model, res, *a, **k):
+        if res == 40:
+            raise MemoryError("out of memory (simulated)")
+        return real(model, res, *a, **k)
+
+    monkeypatch.setattr(grid, "measure_throughput", measure)
+    out = tmp_path / "bench.csv"
+    with pytest.raises(MemoryError):
+        bench.main(["--norms", "ln", "--peers", "", "--res", "32,40", "--batch", "2", "--warmup", "1", "--steps", "1",
+                    "--repeats", "1", "--num-classes", "10", "--csv", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["res"], r["mode"]) for r in rows] == [("32", "train"), ("32", "infer")]
+    assert all(float(r["img/s"]) > 0 and r["threads"] for r in rows)

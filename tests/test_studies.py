@@ -83,10 +83,15 @@ def test_pareto_cpu_study_benches_every_model_norm_and_resolution_its_runs_need(
                           env={**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert [c.split()[1] for c in calls] == ["g16net.train", "g16net.bench", "g16net.collect", "g16net.figs"]
-    bench = calls[1].split()
-    arg = {k: bench[i + 1].split(",") for i, k in enumerate(bench) if k.startswith("--")}
-    assert calls[2].endswith("--throughput s/bench.csv") and arg["--csv"] == ["s/bench.csv"]
+    assert [c.split()[1] for c in calls] == ["g16net.train", "g16net.bench", "g16net.bench", "g16net.collect",
+                                             "g16net.figs"]
+    benches = [c.split() for c in calls[1:3]]
+    args = [{k: b[i + 1].split(",") for i, k in enumerate(b) if k.startswith("--")} for b in benches]
+    assert calls[3].endswith("--throughput s/bench.csv s/bench_infer96.csv")
+    assert [a["--csv"] for a in args] == [["s/bench.csv"], ["s/bench_infer96.csv"]]
+    arg = {k: args[0][k] for k in ("--models", "--norms", "--num-classes")}
+    assert all({k: a[k] for k in arg} == arg for a in args)  # the same models in both
+    measured = {(int(r), m) for a in args for r in a["--res"] for m in a["--modes"]}
     preset = yaml.safe_load((ROOT / "conf" / "sweep" / "pareto_cpu.yaml").read_text())
     assert preset["throughput"]["enabled"] is False
     need_models, need_norms = set(), set()
@@ -97,6 +102,7 @@ def test_pareto_cpu_study_benches_every_model_norm_and_resolution_its_runs_need(
         need_models.update(f"{choice['model']}_efficientnet_{s}"
                            for s in preset["hydra"]["sweeper"]["params"]["model.size"].split(","))
     data = preset["data"]
-    need_res = {data["native_resolution"], data["half_resolution"], *data["test_resolutions"]}
+    need = {(r, "train") for r in (data["native_resolution"], data["half_resolution"])}
+    need |= {(r, "infer") for r in data["test_resolutions"]}
     assert set(arg["--models"]) == need_models and set(arg["--norms"]) == need_norms
-    assert set(map(int, arg["--res"])) == need_res and arg["--num-classes"] == ["10"]
+    assert need <= measured and arg["--num-classes"] == ["10"]

@@ -44,7 +44,8 @@ def candidates(args):
 
 def run(args) -> list[dict]:
     """Measure the grid that `args` (`python -m g16net.bench`'s parsed arguments) names; prints each row as it is
-    measured and returns them all (also written to `args.csv` when set)."""
+    measured and returns them all (also appended to `args.csv` when set, row by row, so a run stopped part-way,
+    e.g. out of memory at a larger resolution, keeps what it measured)."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # cuDNN times its conv algorithms per shape and keeps the fastest, as GPU training does (trainer.benchmark)
     torch.backends.cudnn.benchmark = device.startswith("cuda")
@@ -53,6 +54,8 @@ def run(args) -> list[dict]:
             "range", "act_MB", "peak_MB")
     print(_fmt_row(cols), flush=True)
     rows = []
+    out = open(args.csv, "w", newline="") if args.csv else None
+    writer = None
     models = [(label, norm, build()) for label, norm, build in candidates(args)]
     counted = {}  # (model, res) -> MACs: a count traces the model, ~1 s on CPU, and is the same for every mode
 
@@ -91,11 +94,14 @@ def run(args) -> list[dict]:
                        threads=torch.get_num_threads() if device == "cpu" else None)
             rows.append(row)
             print(_fmt_row([row[c] for c in cols]), flush=True)
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+            if out is not None:
+                if writer is None:
+                    writer = csv.DictWriter(out, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+                out.flush()
+    if out is not None:
+        out.close()
     return rows
 
 

@@ -21,9 +21,16 @@ class BenchJoinError(ValueError):
     """The bench CSV is unusable or lacks a measurement some run needs; nothing has been changed."""
 
 
-def read_bench(path) -> dict[tuple, dict]:
-    """(model, norm, res, mode, prec) -> bench row, for the rows that measured a model as trained."""
-    path = Path(path)
+def read_bench(paths) -> dict[tuple, dict]:
+    """(model, norm, res, mode, prec) -> bench row, for the rows of ``paths`` (bench CSVs, e.g. one per set of
+    resolutions) that measured a model as trained. A measurement present twice is refused."""
+    table = {}
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        _read_one(Path(path), table)
+    return table
+
+
+def _read_one(path: Path, table: dict) -> None:
     if not path.is_file():
         raise BenchJoinError(f"--throughput: {path} does not exist (write it with python -m g16net.bench --csv)")
     with path.open(newline="") as f:
@@ -32,19 +39,18 @@ def read_bench(path) -> dict[tuple, dict]:
         if missing:
             raise BenchJoinError(f"--throughput: {path} is not a python -m g16net.bench CSV: no column(s) "
                                  f"{', '.join(missing)}")
-        table = {}
         for row in reader:
             name, _, impl = row["model"].partition(" [")
             if impl.rstrip("]") not in ("", "fused") or row["layout"] != "nchw" or row["comp"] != "0":
                 continue
             key = (name, row["norm"], int(row["res"]), row["mode"], row["prec"])
             if key in table:
-                raise BenchJoinError(f"--throughput: {path} measured {_fmt(key)} twice; give it one bench run")
+                raise BenchJoinError(f"--throughput: {_fmt(key)} is measured twice (second time in {path}); "
+                                     "give each measurement once")
             table[key] = row
-    return table
 
 
-def join_throughput(rows: list[dict], bench: dict[tuple, dict], source: str) -> None:
+def join_throughput(rows: list[dict], bench: dict[tuple, dict], source) -> None:
     """Replace every row's training and inference throughput (and the device they were measured on) with the
     bench's; raises BenchJoinError naming every missing measurement before any row is changed."""
     found, missing = [], set()
@@ -56,6 +62,7 @@ def join_throughput(rows: list[dict], bench: dict[tuple, dict], source: str) -> 
         found.append(tuple(bench.get(k) for k in keys))
     if missing:
         have = sorted({_fmt(k) for k in bench})
+        source = source if isinstance(source, (str, Path)) else ", ".join(map(str, source))
         raise BenchJoinError(f"--throughput: {source} has no measurement of {'; '.join(sorted(map(_fmt, missing)))}"
                              f". It holds: {'; '.join(have) or 'none'}")
     for r, (train, infer) in zip(rows, found):
