@@ -43,7 +43,7 @@ python -m g16net.train -m "sweep=$preset" "hydra.sweep.dir=$dir" "${seeds[@]}" "
 tput=()
 if [ "$preset" = pareto_cpu ]; then
   # Its runs skip the per-run protocol: the interleaved bench measures every series' model and norm instead,
-  # training at the training resolutions and inference at the test ones (each call one process: memory is freed).
+  # training at the training resolutions (48, 64 px) and inference at the test ones (48, 64, 96 px).
   bench=(python -m g16net.bench --models g1_efficientnet_b0,g1_efficientnet_b1,g16_efficientnet_b0,g16_efficientnet_b1
          --norms gn,ln_pn --peers "" --pn-impl fused --batch 32 --warmup 2 --steps 5 --repeats 3 --num-classes 10)
   "${bench[@]}" --res 48,64 --modes train,infer --csv "$dir/bench.csv"

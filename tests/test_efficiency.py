@@ -147,3 +147,17 @@ def test_bench_csv_keeps_the_rows_measured_before_a_failure(tmp_path, monkeypatc
     rows = list(csv.DictReader(out.open()))
     assert [(r["res"], r["mode"]) for r in rows] == [("32", "train"), ("32", "infer")]
     assert all(float(r["img/s"]) > 0 and r["threads"] for r in rows)
+
+
+def test_saved_activation_bytes_frees_the_activations():
+    """The count must not keep the forward's tensors alive (a pack hook returning its input did: an output saved
+    by its own op formed a reference cycle, and a bench run grew to 11 GB)."""
+    import gc
+    import weakref
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    seen = []
+    model[1].register_forward_hook(lambda m, i, out: seen.append(weakref.ref(out)))
+    assert saved_activation_bytes(model.train(), torch.randn(2, 3, 8, 8)) > 0
+    gc.collect()
+    assert seen and seen[0]() is None
