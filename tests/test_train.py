@@ -12,6 +12,7 @@ import g16net
 from g16net.backends.lit_module import LitClassifier, NonFiniteLossError, finetune_modes
 from g16net.checks.config_check import check_config
 from g16net.core.config import ConfigError
+from g16net.core.recipe import SHORT_RUN_LR_PER_SAMPLE
 from g16net.core.run_safety import RunDirRefused
 from g16net.efficiency.measure import count_params
 from g16net.run.runner import run
@@ -46,11 +47,17 @@ def test_main_job_cli_writes_the_contract(smoke_run):
         assert (tmp_path / "logs" / phase / "metrics.csv").exists()
 
 
-def test_a_run_with_few_updates_says_how_many_epochs_reach_the_measured_budget(tmp_path, capsys):
+@pytest.mark.parametrize("lr", [None, "optimizer.lr_per_sample=3.0517578125e-05"])
+def test_a_run_with_few_updates_says_how_many_epochs_reach_the_measured_budget(tmp_path, capsys, lr):
+    """At the recipe's own LR only: a preset that set its LR for its length (norm_ablation_cpu) gets no note."""
+    assert compose_cfg([]).optimizer.lr_per_sample == SHORT_RUN_LR_PER_SAMPLE  # the LR the note is about
     run(compose_cfg([*TINY, "trainer.limit_train_batches=1.0", "data.synthetic.train_size=64", "batch_size=16",
                      "epochs=2", "finetune.epochs=0", "eval.before_finetune=false", "throughput.enabled=false",
-                     "eval.resolutions=[32]"]), tmp_path)
+                     "eval.resolutions=[32]", *([lr] if lr else [])]), tmp_path)
     out = capsys.readouterr().out
+    if lr:
+        assert "note:" not in out and "== train: 2 epoch(s)" in out
+        return
     assert "note: 8 training updates; the short-run recipe was measured at 1000" in out  # 64 / 16 x 2 epochs
     assert "epochs=250 gives that many" in out
 

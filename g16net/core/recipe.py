@@ -18,6 +18,7 @@ from ..models import NORMS, check_size
 
 _DECAYED = (nn.modules.conv._ConvNd, nn.Linear)
 PAPER_EPOCHS = 350  # the run length the paper's time constants (warmup, LR decay period, weight average) are for
+SHORT_RUN_LR_PER_SAMPLE = 2**-17  # conf/train.yaml's optimizer.lr_per_sample, the LR measured at SHORT_RUN_UPDATES
 SHORT_RUN_UPDATES = 1000  # the main job's training updates (8 epochs x 125), where the short-run LR was measured
 
 

@@ -22,7 +22,14 @@ from ..checks.config_check import check_config
 from ..core.backend_api import Phase
 from ..core.config import ConfigError, RunPlan, model_kwargs, plan_run
 from ..core.metrics import EvalRow, ModelInfo, RunMetrics
-from ..core.recipe import SHORT_RUN_UPDATES, build_mixup, label_smoothing, regularization_scale, scaled_schedule
+from ..core.recipe import (
+    SHORT_RUN_LR_PER_SAMPLE,
+    SHORT_RUN_UPDATES,
+    build_mixup,
+    label_smoothing,
+    regularization_scale,
+    scaled_schedule,
+)
 from ..core.run_io import ERROR, METRICS, atomic_write_json, atomic_write_torch
 from ..core.run_safety import claim_run_dir, config_differences, raise_if_stopped
 from ..core.version import __version__
@@ -68,7 +75,9 @@ def run(cfg: DictConfig, run_dir: Path, requeued: bool = False, hydra_files: dic
             + (f", resuming from {phase.resume}" if phase.resume else ""), files.is_global_zero)
         updates = len(phase.train_set) // cfg.batch_size * phase.epochs  # the global batch: one update
         full = cfg.trainer.get("limit_train_batches") in (None, 1.0)  # not a debug run cut short on purpose
-        if name == "train" and full and updates < SHORT_RUN_UPDATES:
+        # Only at the recipe's own LR: a preset or user that set the LR chose it for its run length.
+        default_lr = cfg.optimizer.lr is None and cfg.optimizer.lr_per_sample == SHORT_RUN_LR_PER_SAMPLE
+        if name == "train" and full and default_lr and updates < SHORT_RUN_UPDATES:
             say(f"   note: {updates} training updates; the short-run recipe was measured at {SHORT_RUN_UPDATES} and "
                 f"fewer underfit small sets: epochs={math.ceil(phase.epochs * SHORT_RUN_UPDATES / updates)} "
                 "gives that many", files.is_global_zero)
