@@ -365,3 +365,20 @@ def test_throughput_bench_unusable_is_refused(tmp_path, capsys, content, message
     with pytest.raises(SystemExit) as exc:
         main([str(_bench_runs(tmp_path / "runs")), "--out", str(tmp_path / "r.csv"), "--throughput", str(bench)])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_committed_ablation_table_is_rebuilt_from_its_committed_runs(tmp_path):
+    """paper_figs/norm_ablation_cpu/results.csv is what collect makes of the committed run records and bench files
+    (every top-1 and img/s the report quotes comes from them)."""
+    study = Path(__file__).resolve().parents[1] / "paper_figs" / "norm_ablation_cpu"
+    out = tmp_path / "results.csv"
+    assert main([str(study / "runs"), "--out", str(out), "--throughput", str(study / "bench.csv"),
+                 str(study / "bench_infer.csv")]) == 0
+    key = ("series", "norm", "seed", "test_resolution", "top1", "train_throughput", "infer_throughput")
+
+    def table(path):
+        rows = [{k: r[k] for k in key} for r in csv.DictReader(path.open())]
+        return sorted(rows, key=lambda r: (r["norm"], r["seed"], int(r["test_resolution"])))
+
+    rebuilt, committed = table(out), table(study / "results.csv")
+    assert len(committed) == 7 * 3 * 4 and rebuilt == committed
