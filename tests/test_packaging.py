@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -97,9 +98,13 @@ def test_editable_install_reads_the_checkouts_conf(tmp_path):
     """`pip install -e .` for developers: the package and conf/ are the checkout's own files, edits included."""
     src = _copy_sources(tmp_path / "src")
     venv = tmp_path / "venv"
-    # pip and setuptools of this interpreter (a venv's own bundled setuptools may be older than pyproject asks)
+    # pip and setuptools of the running environment (a venv's own bundled setuptools may be older than pyproject
+    # asks). `--system-site-packages` alone would give the base interpreter's, not those of a venv running the tests.
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "running_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     proc = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(src)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
