@@ -21,11 +21,11 @@ class BenchJoinError(ValueError):
     """The bench CSV is unusable or lacks a measurement some run needs; nothing has been changed."""
 
 
-def read_bench(paths) -> dict[tuple, dict]:
+def read_bench(paths: list) -> dict[tuple, dict]:
     """(model, norm, res, mode, prec) -> bench row, for the rows of ``paths`` (bench CSVs, e.g. one per set of
     resolutions) that measured a model as trained. A measurement present twice is refused."""
     table = {}
-    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+    for path in paths:
         _read_one(Path(path), table)
     return table
 
@@ -50,7 +50,7 @@ def _read_one(path: Path, table: dict) -> None:
             table[key] = row
 
 
-def join_throughput(rows: list[dict], bench: dict[tuple, dict], source) -> None:
+def join_throughput(rows: list[dict], bench: dict[tuple, dict], source: str) -> None:
     """Replace every row's training and inference throughput (and the device they were measured on) with the
     bench's; raises BenchJoinError naming every missing measurement before any row is changed."""
     found, missing = [], set()
@@ -62,7 +62,6 @@ def join_throughput(rows: list[dict], bench: dict[tuple, dict], source) -> None:
         found.append(tuple(bench.get(k) for k in keys))
     if missing:
         have = sorted({_fmt(k) for k in bench})
-        source = source if isinstance(source, (str, Path)) else ", ".join(map(str, source))
         raise BenchJoinError(f"--throughput: {source} has no measurement of {'; '.join(sorted(map(_fmt, missing)))}"
                              f". It holds: {'; '.join(have) or 'none'}")
     for r, (train, infer) in zip(rows, found):
