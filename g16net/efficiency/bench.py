@@ -54,8 +54,6 @@ def run(args) -> list[dict]:
             "range", "act_MB", "peak_MB")
     print(_fmt_row(cols), flush=True)
     rows = []
-    out = open(args.csv, "w", newline="") if args.csv else None
-    writer = None
     models = [(label, norm, build()) for label, norm, build in candidates(args)]
     counted = {}  # (model, res) -> MACs: a count traces the model, ~1 s on CPU, and is the same for every mode
 
@@ -94,15 +92,19 @@ def run(args) -> list[dict]:
                        threads=torch.get_num_threads() if device == "cpu" else None)
             rows.append(row)
             print(_fmt_row([row[c] for c in cols]), flush=True)
-            if out is not None:
-                if writer is None:
-                    writer = csv.DictWriter(out, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
-                out.flush()
-    if out is not None:
-        out.close()
+            if args.csv:
+                _write_row(args.csv, row, first=len(rows) == 1)
     return rows
+
+
+def _write_row(path, row: dict, first: bool) -> None:
+    """The CSV is (re)started by the first row and appended to by each later one, so it is complete up to the
+    last row measured and no file handle outlives a failure."""
+    with open(path, "w" if first else "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if first:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def _header(device, args) -> str:
